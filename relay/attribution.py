@@ -1,0 +1,36 @@
+"""Attribution ids picked out of processor metadata under configurable keys."""
+
+from __future__ import annotations
+
+import orjson
+
+from relay.conversion import Conversion
+from relay.settings import AttributionSettings
+
+PAGENT_FIELDS = ("session_id", "user_id", "conversion_id", "visit_id")
+MAX_LENGTH = 512
+
+
+def extract(metadata: dict[str, str], settings: AttributionSettings) -> dict[str, str]:
+    """Canonical attribution name → value, for the ids present and non-empty."""
+    found: dict[str, str] = {}
+    blob = metadata.get(settings.pagent_object_key)
+    if blob:  # the whole `_pgnt.variables()` object, stored as JSON text
+        try:
+            obj = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            for name in PAGENT_FIELDS:
+                value = obj.get(name)
+                if isinstance(value, str) and value.strip():
+                    found[f"pagent_{name}"] = value.strip()
+    for canonical, key in settings.keys.items():
+        value = metadata.get(key)
+        if isinstance(value, str) and value.strip() and len(value) <= MAX_LENGTH:
+            found[canonical] = value.strip()
+    return found
+
+
+def attach(conversion: Conversion, settings: AttributionSettings) -> Conversion:
+    return conversion.replace(attribution=extract(conversion.metadata, settings))

@@ -1,0 +1,197 @@
+"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from relay import logs
+from relay.errors import ConfigError, StoreError
+from relay.settings import Settings, load_settings
+from relay.store import STATUSES, open_store
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="web app with the delivery worker (default deploy)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-worker", action="store_true", help="do not run the delivery worker here")
+
+    sub.add_parser("worker", help="the delivery worker alone")
+    sub.add_parser("migrate", help="create or upgrade the schema")
+    sub.add_parser("check", help="validate the configuration and print it, secrets masked")
+
+    p = sub.add_parser("deliveries", help="list deliveries")
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--destination")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("retry", help="requeue dead-lettered (failed) deliveries")
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--failed", action="store_true", help="every failed delivery")
+    p.add_argument("--destination")
+
+    p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
+    p.add_argument("source")
+    p.add_argument("--event")
+    p.add_argument("--url", help="the relay's base URL (default http://127.0.0.1:$PORT)")
+    p.add_argument("--email", default="buyer@example.com")
+    p.add_argument("--anonymous-id")
+    p.add_argument("--click-id")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.setup(settings.log_level)
+    try:
+        COMMANDS[args.command](settings, args)
+    except (ConfigError, StoreError) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from relay.app import create_app
+
+    app = create_app(settings, run_worker=not args.no_worker)
+    uvicorn.run(
+        app,
+        host=args.host or settings.host,
+        port=args.port or settings.listen_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
+    )
+
+
+def worker(settings: Settings, args: argparse.Namespace) -> None:
+    from relay.destinations import build_destinations
+    from relay.metrics import Metrics
+    from relay.worker import Worker
+
+    async def run() -> None:
+        store = open_store(settings.store_url)
+        await store.open()
+        w = Worker(store, build_destinations(settings), settings.worker, metrics=Metrics())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
+        try:
+            await w.run()
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def migrate(settings: Settings, args: argparse.Namespace) -> None:
+    async def run() -> None:
+        store = open_store(settings.store_url)
+        await store.open()  # creates or upgrades the schema
+        await store.close()
+
+    asyncio.run(run())
+    print("schema is up to date")
+
+
+def check(settings: Settings, args: argparse.Namespace) -> None:
+    from relay.destinations import build_destinations
+    from relay.sources import build_sources
+
+    build_sources(settings)
+    build_destinations(settings)
+    print(orjson.dumps(settings.describe(), option=orjson.OPT_INDENT_2).decode())
+    if not settings.enabled_sources():
+        print("warning: no source is configured; every webhook will be answered 404", file=sys.stderr)
+
+
+def deliveries(settings: Settings, args: argparse.Namespace) -> None:
+    async def run() -> list[Any]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await store.deliveries(args.status, args.destination, args.limit)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        for row in rows:
+            print(orjson.dumps({k: getattr(row, k) for k in row.__dataclass_fields__}).decode())
+        return
+    if not rows:
+        print("no deliveries")
+        return
+    print(f"{'ID':>6}  {'DESTINATION':<10} {'STATUS':<9} {'TRIES':>5}  {'NEXT/UPDATED':<20} "
+          f"{'KIND':<22} ORDER  ERROR")
+    for r in rows:
+        when = r.next_attempt_at if r.status == "pending" else r.updated_at
+        stamp = datetime.fromtimestamp(when or 0, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        err = (r.last_error or "").replace("\n", " ")[:120]
+        print(f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {stamp:<20} "
+              f"{r.kind:<22} {r.order_key}  {err}")
+
+
+def retry(settings: Settings, args: argparse.Namespace) -> None:
+    if not args.ids and not args.failed:
+        raise ConfigError("give delivery ids, or --failed for every failed delivery")
+
+    async def run() -> int:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await store.requeue(args.ids, args.destination, time.time())
+        finally:
+            await store.close()
+
+    count = asyncio.run(run())
+    print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+
+
+def simulate(settings: Settings, args: argparse.Namespace) -> None:
+    import httpx
+
+    from relay.samples import simulate as make
+
+    try:
+        body, headers = make(
+            args.source, settings, args.event,
+            email=args.email, anonymous_id=args.anonymous_id, click_id=args.click_id,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    base = args.url or f"http://127.0.0.1:{settings.listen_port}"
+    url = f"{base.rstrip('/')}/webhooks/{args.source}"
+    with contextlib.suppress(KeyboardInterrupt):
+        response = httpx.post(url, content=body, headers=headers, timeout=30)
+        print(f"{response.status_code} {response.text}")
+        if response.status_code >= 400:
+            sys.exit(1)
+
+
+COMMANDS = {
+    "serve": serve,
+    "worker": worker,
+    "migrate": migrate,
+    "check": check,
+    "deliveries": deliveries,
+    "retry": retry,
+    "simulate": simulate,
+}

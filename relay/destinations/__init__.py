@@ -1,0 +1,131 @@
+"""Destinations: one module per conversion API, behind one small interface.
+
+A destination is pure: `build(conversion, now)` returns the `httpx.Request` to
+send, or a `Skip` saying why this conversion cannot go there (it is then never
+sent); `classify(response)` turns the answer into an `Outcome`. Only the worker
+does network I/O. Adding a destination is one module, one registry line, one
+settings section and one stand-in server in the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from relay.conversion import Conversion
+from relay.settings import DestinationSettings
+
+USER_AGENT = "relay/0.1 (+conversion relay)"
+
+DELIVERED: Literal["delivered"] = "delivered"
+RETRY: Literal["retry"] = "retry"
+FAILED: Literal["failed"] = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """This conversion cannot go to this destination; never sent."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Literal["delivered", "retry", "failed"]
+    detail: str = ""
+    retry_after: float | None = None  # seconds, from the destination
+
+
+class Destination:
+    """Base class: settings, kinds filter and the default response classifier."""
+
+    name: ClassVar[str]
+    # Whether a request may be sent again after an attempt whose outcome is unknown
+    # (timeout after sending, crash mid-request): true when the destination
+    # deduplicates on a key we send.
+    resend_ambiguous: ClassVar[bool] = True
+
+    def __init__(self, settings: DestinationSettings) -> None:
+        self.settings = settings
+
+    def accepts(self, conversion: Conversion) -> bool:
+        return conversion.kind in self.settings.kinds
+
+    def build(self, conversion: Conversion, now: datetime) -> httpx.Request | Skip:
+        raise NotImplementedError
+
+    def classify(self, response: httpx.Response) -> Outcome:
+        return classify(response)
+
+
+RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+def classify(response: httpx.Response) -> Outcome:
+    """2xx delivered; 408/425/429/5xx retry (with Retry-After); other statuses failed."""
+    status = response.status_code
+    if httpx.codes.is_success(status):
+        return Outcome(DELIVERED, excerpt(response))
+    if status in RETRYABLE_4XX or httpx.codes.is_server_error(status):
+        return Outcome(RETRY, f"HTTP {status}: {excerpt(response)}", retry_after(response))
+    return Outcome(FAILED, f"HTTP {status}: {excerpt(response)}")
+
+
+EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")
+
+
+def redact(value: str) -> str:
+    """Blank out anything that looks like an email address."""
+    return EMAIL.sub("[email]", value)
+
+
+def excerpt(response: httpx.Response, limit: int = 300) -> str:
+    try:
+        body = response.text
+    except Exception:  # undecodable body
+        body = ""
+    body = " ".join(body.split())
+    return redact(body[:limit])
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP-date); None when absent or unreadable."""
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def iso_utc(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, second precision: accepted by every destination here."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_destinations(settings: Any) -> dict[str, Destination]:
+    """The enabled destinations, by name."""
+    from relay.destinations.impact import Impact
+    from relay.destinations.simmer import Simmer
+
+    registry: dict[str, type[Destination]] = {
+        "simmer": Simmer,
+        "impact": Impact,
+    }
+    return {
+        name: cls(getattr(settings, name))
+        for name, cls in registry.items()
+        if getattr(settings, name).enabled
+    }

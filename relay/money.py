@@ -1,0 +1,86 @@
+"""Exact money: minor units ⇄ major units by currency exponent, with Decimal only.
+
+ISO 4217 gives each currency an exponent. Processors do not always follow it
+(Stripe keeps ISK and HUF as two-decimal in its API; Chargebee never scales
+zero-decimal currencies), so each source says which exponent its integers use
+by calling `from_minor(amount, currency, exponent=...)` or relying on ISO.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from relay.errors import PayloadError
+
+ZERO_DECIMAL = frozenset(
+    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
+)
+THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
+
+# Active ISO 4217 codes (list one, 2026). A code outside this set is a 400.
+ISO_4217 = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD
+    BTN BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP
+    DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR
+    IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD
+    MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB
+    PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD
+    SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS
+    VED VES VND VUV WST XAF XAG XAU XBA XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XUA YER
+    ZAR ZMW ZWG ZWL
+    """.split()
+)
+
+
+def currency_code(raw: object) -> str:
+    """Validate and uppercase a currency code ('jpy' → 'JPY'); unknown codes raise PayloadError."""
+    if not isinstance(raw, str):
+        raise PayloadError("currency is missing")
+    code = raw.strip().upper()
+    if code not in ISO_4217:
+        raise PayloadError(f"unknown currency code {raw[:8]!r}")
+    return code
+
+
+def exponent(currency: str) -> int:
+    """ISO 4217 minor-unit exponent as relay uses it: 0, 3 or 2."""
+    if currency in ZERO_DECIMAL:
+        return 0
+    if currency in THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def from_minor(amount: object, currency: str, exp: int | None = None) -> Decimal:
+    """Integer (or integer string) minor units → exact Decimal major units.
+
+    `exp` overrides the ISO exponent when the processor uses another scale.
+    """
+    if isinstance(amount, bool) or amount is None:
+        raise PayloadError("amount is missing")
+    if isinstance(amount, float):
+        raise PayloadError("amount must be an integer number of minor units")
+    try:
+        minor = Decimal(amount) if isinstance(amount, (int, str)) else None
+    except InvalidOperation:
+        minor = None
+    if minor is None or minor != minor.to_integral_value():
+        raise PayloadError(f"amount {str(amount)[:20]!r} is not an integer of minor units")
+    places = exponent(currency) if exp is None else exp
+    return minor.scaleb(-places).quantize(Decimal(1).scaleb(-places))
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """Decimal major units → integer minor units at the ISO exponent (exact, or PayloadError)."""
+    scaled = amount.scaleb(exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise PayloadError(f"{amount} {currency} has more decimals than the currency allows")
+    return int(scaled)
+
+
+def fmt(amount: Decimal, places: int | None = None) -> str:
+    """Plain decimal text ('800', '12.50'), never exponent notation."""
+    if places is not None:
+        amount = amount.quantize(Decimal(1).scaleb(-places))
+    return format(amount, "f")

@@ -1,0 +1,94 @@
+"""Sources: one module per payment processor, behind one small interface.
+
+A source is two pure steps, kept apart so a stored raw body can be re-parsed
+later without re-verifying:
+
+- `verify(body, headers, now)` raises SignatureError (or AuthError) unless the
+  raw bytes are authentic. It runs before anything is parsed.
+- `parse(body)` returns a ParsedEvent: the processor's event id and type, and
+  0..n Conversions, or an `ignored` reason. It raises PayloadError on a body it
+  cannot read exactly (bad JSON, unknown currency, missing amounts).
+
+Sources never do network I/O; enrichment (API look-ups) happens in the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from relay.conversion import Conversion
+from relay.errors import PayloadError
+
+
+@dataclass(slots=True)
+class ParsedEvent:
+    event_id: str
+    event_type: str
+    livemode: bool = True
+    conversions: list[Conversion] = field(default_factory=list)
+    ignored: str | None = None  # why a valid event is not relayed
+
+
+class Source(Protocol):
+    name: str
+
+    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None: ...
+
+    def parse(self, body: bytes) -> ParsedEvent: ...
+
+
+def load_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise PayloadError("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise PayloadError("body is not a JSON object")
+    return data
+
+
+def dig(data: Any, *path: str) -> Any:
+    """data[path[0]][path[1]]…, or None where any step is missing or not an object."""
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string, or None."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def string_map(value: Any) -> dict[str, str]:
+    """Processor metadata as str → str (nested objects kept as compact JSON)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        out[str(key)] = item if isinstance(item, str) else orjson.dumps(item).decode()
+    return out
+
+
+def build_sources(settings: Any) -> dict[str, Source]:
+    """The enabled sources, by path name (`POST /webhooks/<name>`)."""
+    from relay.sources.stripe import StripeSource
+
+    registry: dict[str, Any] = {
+        "stripe": StripeSource,
+    }
+    return {
+        name: cls(getattr(settings, name))
+        for name, cls in registry.items()
+        if getattr(settings, name).enabled
+    }

@@ -1,0 +1,482 @@
+"""SQLite backend: one file, WAL, synchronous=FULL, group commit.
+
+One writer thread owns the connection. Every call is queued to it; the thread
+takes all the calls waiting at that moment, runs each in its own SAVEPOINT
+inside one transaction and commits once, then answers each caller. Webhooks
+that arrive together therefore share one fsync, and each is still answered
+only after the commit that made it durable (PERFORMANCE.md: a commit per
+webhook caps ingest near the commit rate).
+
+`synchronous=FULL` is the documented choice: a 200 means the event survives
+power loss, not only a process crash.
+
+Several processes may share the file (`relay serve --no-worker` plus `relay
+worker`): writes take the lock with BEGIN IMMEDIATE and wait `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from relay.conversion import REVENUE_KINDS, Conversion
+from relay.errors import StoreError
+from relay.store import (
+    FAILED,
+    PENDING,
+    Claim,
+    DeliveryRow,
+    EventRecord,
+    Recorded,
+    Settlement,
+    Store,
+)
+
+log = logging.getLogger("relay.store")
+SCHEMA_VERSION = 1
+MAX_BATCH = 512
+T = TypeVar("T")
+
+
+def customer_key(conversion: Conversion) -> str | None:
+    if conversion.customer.id:
+        return "id:" + conversion.customer.id
+    if conversion.customer.email:
+        email = conversion.customer.email.strip().lower()
+        return "email:" + hashlib.sha256(email.encode()).hexdigest()
+    return None
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        raw = url.split("?", 1)[0][len("sqlite://") :]
+        # sqlite:///relay.db → relay.db ; sqlite:////abs/path.db → /abs/path.db
+        self.path = raw[1:] if raw.startswith("/") else raw
+        if not self.path:
+            raise ValueError("sqlite URL has no file path (use sqlite:///relay.db)")
+        query = parse_qs(parts.query)
+        self.busy_timeout_ms = int(query.get("busy_timeout", ["5000"])[0])
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(
+            target=self._run, args=(loop, ready), name="relay-sqlite", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, 10)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
+        )
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        schema = resources.files("relay.store").joinpath("sqlite.sql").read_text()
+        # executescript commits any open transaction first, so the script brings its own.
+        conn.executescript("BEGIN IMMEDIATE;\n" + schema + "\nCOMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            if row[0] is None:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {row[0]} is newer than this relay ({SCHEMA_VERSION})"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+            self._migrate(conn)
+        except Exception as exc:
+            err = StoreError(f"cannot open SQLite database {self.path!r}: {exc}")
+            loop.call_soon_threadsafe(_resolve, ready, None, err)
+            return
+        loop.call_soon_threadsafe(_resolve, ready, None, None)
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[Any, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = StoreError(f"database is unavailable: {exc}")
+            for fn, args, loop, fut in batch:
+                loop.call_soon_threadsafe(_resolve, fut, None, err)
+            return
+        for fn, args, loop, fut in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = fn(conn, *args)
+                conn.execute("RELEASE op")
+                results.append((loop, fut, value, None))
+            except Exception as exc:  # one bad call must not sink the batch
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                if not isinstance(exc, StoreError):
+                    exc = StoreError(f"database error: {exc}")
+                results.append((loop, fut, None, exc))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            err = StoreError(f"commit failed: {exc}")
+            results = [(lp, f, None, err) for lp, f, _, _ in results]
+        for loop, fut, value, error in results:
+            loop.call_soon_threadsafe(_resolve, fut, value, error)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None or self._closed or not self._thread.is_alive():
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, loop, fut))
+        return await fut
+
+    # ------------------------------------------------------------ interface
+
+    async def ping(self) -> None:
+        await self._call(_ping)
+
+    async def record(
+        self,
+        event: EventRecord,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+    ) -> Recorded:
+        return await self._call(_record, event, conversions, destinations_for)
+
+    async def claim(
+        self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
+    ) -> list[Claim]:
+        if not destinations or limit <= 0:
+            return []
+        return await self._call(_claim, tuple(destinations), limit, lease_seconds, now)
+
+    async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
+        return await self._call(_settle, claim, settlement, now)
+
+    async def next_due(self, destinations: Sequence[str]) -> float | None:
+        if not destinations:
+            return None
+        return await self._call(_next_due, tuple(destinations))
+
+    async def deliveries(
+        self, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[DeliveryRow]:
+        return await self._call(_deliveries, status, destination, limit)
+
+    async def requeue(
+        self, ids: Sequence[int] = (), destination: str | None = None, now: float = 0.0
+    ) -> int:
+        return await self._call(_requeue, tuple(ids), destination, now)
+
+    async def stats(self, now: float) -> dict[str, Any]:
+        return await self._call(_stats, now)
+
+    async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
+        return await self._call(_rate_acquire, key, per_minute, now)
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+# ---------------------------------------------------------------- statements (writer thread)
+
+
+def _ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT version FROM schema_version LIMIT 1").fetchone()
+
+
+def _record(
+    conn: sqlite3.Connection,
+    event: EventRecord,
+    conversions: Sequence[Conversion],
+    destinations_for: Callable[[Conversion], Sequence[str]],
+) -> Recorded:
+    cur = conn.execute(
+        "INSERT INTO events (source, event_id, event_type, received_at, body) VALUES (?,?,?,?,?)"
+        " ON CONFLICT (source, event_id) DO NOTHING",
+        (event.source, event.event_id, event.event_type, event.received_at, event.body),
+    )
+    if cur.rowcount == 0:
+        return Recorded(duplicate=True)
+    event_row = cur.lastrowid
+    result = Recorded(duplicate=False)
+    now = event.received_at
+    for conversion in conversions:
+        ckey = customer_key(conversion)
+        if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
+            prior = conn.execute(
+                "SELECT 1 FROM conversions WHERE source = ? AND customer_key = ?"
+                " AND kind IN ('purchase', 'subscription_renewed') LIMIT 1",
+                (conversion.source, ckey),
+            ).fetchone()
+            conversion = conversion.replace(new_customer=prior is None)
+        cur = conn.execute(
+            "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
+            " occurred_at, created_at, data) VALUES (?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (source, kind, order_key) DO NOTHING",
+            (
+                conversion.source,
+                conversion.kind,
+                conversion.order_key,
+                event_row,
+                ckey,
+                conversion.occurred_at.timestamp(),
+                now,
+                conversion.to_json(),
+            ),
+        )
+        if cur.rowcount == 0:
+            result.known.append(conversion)
+            continue
+        conversion_id = cur.lastrowid
+        result.conversions.append(conversion)
+        for destination in destinations_for(conversion):
+            conn.execute(
+                "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
+                " created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                (conversion_id, destination, PENDING, now, now, now),
+            )
+            result.deliveries += 1
+    return result
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    destinations: tuple[str, ...],
+    limit: int,
+    lease_seconds: float,
+    now: float,
+) -> list[Claim]:
+    token = uuid.uuid4().hex
+    marks = ",".join("?" * len(destinations))
+    rows = conn.execute(
+        f"""
+        UPDATE deliveries
+           SET lease_until = ?, lease_token = ?, attempts = attempts + 1, updated_at = ?,
+               recovered = CASE WHEN lease_token IS NULL THEN 0 ELSE 1 END
+         WHERE id IN (
+               SELECT id FROM deliveries
+                WHERE status = 'pending' AND destination IN ({marks})
+                  AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                ORDER BY next_attempt_at LIMIT ?)
+        RETURNING id, conversion_id, destination, attempts, recovered
+        """,  # noqa: S608 - only placeholders are interpolated
+        (now + lease_seconds, token, now, *destinations, now, now, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    ids = {r[1] for r in rows}
+    data = dict(
+        (r[0], (r[1], r[2]))
+        for r in conn.execute(
+            f"SELECT id, data, created_at FROM conversions WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+            tuple(ids),
+        )
+    )
+    claims = []
+    for delivery_id, conversion_id, destination, attempts, recovered in rows:
+        raw, created = data[conversion_id]
+        claims.append(
+            Claim(
+                delivery_id=delivery_id,
+                destination=destination,
+                attempt=attempts,
+                conversion_id=conversion_id,
+                conversion=Conversion.from_json(raw),
+                lease_token=token,
+                created_at=created,
+                recovered=bool(recovered),
+            )
+        )
+    return claims
+
+
+def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -> bool:
+    cur = conn.execute(
+        """
+        UPDATE deliveries
+           SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
+               attempts = attempts - ?, lease_until = NULL, lease_token = NULL, recovered = 0,
+               last_status_code = COALESCE(?, last_status_code),
+               last_error = CASE WHEN ? = 'delivered' THEN last_error ELSE COALESCE(?, last_error) END,
+               updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
+         WHERE id = ? AND lease_token = ?
+        """,
+        (
+            s.status,
+            s.next_attempt_at,
+            0 if s.count_attempt else 1,
+            s.status_code,
+            s.status,
+            s.error,
+            now,
+            s.status,
+            now,
+            claim.delivery_id,
+            claim.lease_token,
+        ),
+    )
+    if cur.rowcount == 0:
+        return False
+    if s.attempt is not None:
+        a = s.attempt
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
+            " status_code, detail) VALUES (?,?,?,?,?,?,?)",
+            (
+                claim.delivery_id,
+                claim.attempt,
+                a.started_at,
+                a.duration_ms,
+                a.outcome,
+                a.status_code,
+                a.detail[:1000],
+            ),
+        )
+    return True
+
+
+def _next_due(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> float | None:
+    marks = ",".join("?" * len(destinations))
+    row = conn.execute(
+        f"SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries"  # noqa: S608
+        f" WHERE status = 'pending' AND destination IN ({marks})",
+        destinations,
+    ).fetchone()
+    return row[0]
+
+
+def _deliveries(
+    conn: sqlite3.Connection, status: str | None, destination: str | None, limit: int
+) -> list[DeliveryRow]:
+    where, args = [], []
+    if status:
+        where.append("d.status = ?")
+        args.append(status)
+    if destination:
+        where.append("d.destination = ?")
+        args.append(destination)
+    sql = (
+        "SELECT d.id, d.destination, d.status, d.attempts,"
+        " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
+        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at, d.updated_at"
+        " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY d.id DESC LIMIT ?"
+    )
+    return [DeliveryRow(*row) for row in conn.execute(sql, (*args, limit))]
+
+
+def _requeue(
+    conn: sqlite3.Connection, ids: tuple[int, ...], destination: str | None, now: float
+) -> int:
+    where, args = ["status = ?"], [FAILED]
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    if destination:
+        where.append("destination = ?")
+        args.append(destination)
+    cur = conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"  # noqa: S608
+        " lease_until = NULL, lease_token = NULL, updated_at = ? WHERE " + " AND ".join(where),
+        (now, now, *args),
+    )
+    return cur.rowcount
+
+
+def _stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    by_status = {
+        (dest, status): n
+        for dest, status, n in conn.execute(
+            "SELECT destination, status, count(*) FROM deliveries GROUP BY destination, status"
+        )
+    }
+    oldest = conn.execute(
+        "SELECT min(created_at) FROM deliveries WHERE status = 'pending'"
+    ).fetchone()[0]
+    return {
+        "by_status": by_status,
+        "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
+    }
+
+
+def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: float) -> float:
+    """Sliding 60-second log: at most `per_minute` sends in any 60 s, shared by every process."""
+    conn.execute("DELETE FROM rate_limits WHERE key = ? AND sent <= ?", (key, now - 60.0))
+    count, oldest = conn.execute(
+        "SELECT count(*), min(sent) FROM rate_limits WHERE key = ?", (key,)
+    ).fetchone()
+    if count < per_minute:
+        conn.execute("INSERT INTO rate_limits (key, sent) VALUES (?, ?)", (key, now))
+        return 0.0
+    if count > per_minute:  # the limit was lowered: wait for the surplus to age out
+        oldest = conn.execute(
+            "SELECT sent FROM rate_limits WHERE key = ? ORDER BY sent LIMIT 1 OFFSET ?",
+            (key, count - per_minute),
+        ).fetchone()[0]
+    return max(0.001, oldest + 60.0 - now)

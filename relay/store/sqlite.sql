@@ -1,0 +1,65 @@
+-- relay ledger, SQLite flavour (schema version 1)
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT    NOT NULL,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    received_at REAL    NOT NULL,
+    body        BLOB    NOT NULL,
+    UNIQUE (source, event_id)
+);
+
+CREATE TABLE IF NOT EXISTS conversions (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    order_key   TEXT    NOT NULL,
+    event_row   INTEGER NOT NULL REFERENCES events (id),
+    customer_key TEXT,
+    occurred_at REAL    NOT NULL,
+    created_at  REAL    NOT NULL,
+    data        BLOB    NOT NULL,
+    UNIQUE (source, kind, order_key)
+);
+CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id               INTEGER PRIMARY KEY,
+    conversion_id    INTEGER NOT NULL REFERENCES conversions (id),
+    destination      TEXT    NOT NULL,
+    status           TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL    NOT NULL,
+    lease_until      REAL,
+    lease_token      TEXT,
+    recovered        INTEGER NOT NULL DEFAULT 0,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    created_at       REAL    NOT NULL,
+    updated_at       REAL    NOT NULL,
+    delivered_at     REAL,
+    UNIQUE (conversion_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id           INTEGER PRIMARY KEY,
+    delivery_id  INTEGER NOT NULL REFERENCES deliveries (id),
+    attempt      INTEGER NOT NULL,
+    started_at   REAL    NOT NULL,
+    duration_ms  REAL    NOT NULL,
+    outcome      TEXT    NOT NULL,
+    status_code  INTEGER,
+    detail       TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key  TEXT NOT NULL,
+    sent REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
