@@ -90,6 +90,7 @@ class Worker:
                 transport=self._transport,
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             )
+        await self.store.watch(self.wake)
         log.info("worker: delivering to %s", ", ".join(names))
         try:
             await self._loop(names)

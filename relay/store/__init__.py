@@ -149,12 +149,19 @@ class Store(abc.ABC):
     async def stats(self, now: float) -> dict[str, Any]:
         """{'by_status': {(destination, status): n}, 'oldest_pending_age': s}."""
 
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever another process adds work (PostgreSQL LISTEN/NOTIFY).
+
+        Returns once watching has started; backends without notifications do nothing
+        (the worker's polling is the safety net either way)."""
+        return None
+
+    @abc.abstractmethod
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         """Take a send slot from a shared limiter: 0 when granted, else seconds to wait.
 
-        Backends shared by several processes override this; the default says the
-        caller's in-process limiter is authoritative (returns -1)."""
-        return -1.0
+        The window is shared by every process using this store."""
+        raise NotImplementedError
 
 
 def open_store(url: str) -> Store:
