@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.emulators.base import free_port
+from tests.emulators.impact import ImpactEmulator
+from tests.emulators.simmer import SimmerEmulator
+from tests.helpers import (
+    IMPACT_SID,
+    IMPACT_TOKEN,
+    SIMMER_KEY,
+    SIMMER_PROJECT,
+    STRIPE_SECRET,
+    RelayProcess,
+)
+
+
+@pytest.fixture
+def simmer() -> Iterator[SimmerEmulator]:
+    with SimmerEmulator(SIMMER_KEY, SIMMER_PROJECT) as emu:
+        yield emu  # type: ignore[misc]
+
+
+@pytest.fixture
+def impact() -> Iterator[ImpactEmulator]:
+    with ImpactEmulator(IMPACT_SID, IMPACT_TOKEN) as emu:
+        yield emu  # type: ignore[misc]
+
+
+def core_env(db: Path, simmer_url: str, impact_url: str) -> dict[str, str]:
+    """Stripe in; Simmer and impact.com out; retries fast enough for tests."""
+    return {
+        "RELAY_DATABASE_URL": f"sqlite:///{db}",
+        "RELAY_STRIPE__WEBHOOK_SECRETS": f"whsec_other_endpoint,{STRIPE_SECRET}",
+        "RELAY_SIMMER__SECRET_KEY": SIMMER_KEY,
+        "RELAY_SIMMER__PROJECT_ID": SIMMER_PROJECT,
+        "RELAY_SIMMER__URL": f"{simmer_url}/api/conversion",
+        "RELAY_IMPACT__ACCOUNT_SID": IMPACT_SID,
+        "RELAY_IMPACT__AUTH_TOKEN": IMPACT_TOKEN,
+        "RELAY_IMPACT__CAMPAIGN_ID": "1000",
+        "RELAY_IMPACT__EVENT_TYPE_ID": "9876",
+        "RELAY_IMPACT__URL": impact_url,
+        "RELAY_WORKER__RETRY_BASE_SECONDS": "0.2",
+        "RELAY_WORKER__RETRY_MAX_SECONDS": "1",
+        "RELAY_WORKER__LEASE_SECONDS": "3",
+        "RELAY_WORKER__POLL_SECONDS": "0.5",
+    }
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator:
+    started: list[RelayProcess] = []
+
+    def make(env: dict[str, str], *args: str, port: int | None = None, start: bool = True) -> RelayProcess:
+        proc = RelayProcess(env, tmp_path, port or free_port(), args)
+        started.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, simmer: SimmerEmulator, impact: ImpactEmulator, relay_factory) -> RelayProcess:
+    return relay_factory(core_env(tmp_path / "relay.db", simmer.url, impact.url))
