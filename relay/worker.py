@@ -134,16 +134,18 @@ class Worker:
                 self._slot_free.clear()
                 await self._wait_any(self._slot_free.wait(), timeout=s.poll_seconds)
                 continue
+            now = time.time()
+            ready = [n for n in names if self._paused_until.get(n, 0) <= now]
             timeout = s.poll_seconds
             try:
-                due = await self.store.next_due(names)
+                due = await self.store.next_due(ready) if ready else None
             except Exception:
                 due = None
             if due is not None:
-                timeout = max(0.0, min(timeout, due - time.time()))
-            paused = [t for t in self._paused_until.values() if t > time.time()]
+                timeout = min(timeout, due - now)
+            paused = [t for t in self._paused_until.values() if t > now]
             if paused:
-                timeout = max(0.0, min(timeout, min(paused) - time.time()))
+                timeout = min(timeout, min(paused) - now)
             if timeout > 0:
                 await self._wait_any(self._wake.wait(), timeout=timeout)
 
@@ -203,6 +205,8 @@ class Worker:
             if per_minute:
                 wait = await self._rate_slot(claim.destination, per_minute)
                 if wait > 0:
+                    # Stop claiming for this destination until a slot frees up.
+                    self._pause(claim.destination, wait)
                     await self._settle(
                         claim,
                         Settlement(S_PENDING, next_attempt_at=time.time() + wait,
@@ -238,6 +242,14 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.settle(claim, settlement, time.time()))
             raise
+        except Exception as exc:  # a bug or a store failure: hand it back for a later try
+            log.exception("delivery error %s", tag)
+            detail = f"internal error: {_err(exc)}"
+            with contextlib.suppress(Exception):
+                await self.store.settle(claim, Settlement(
+                    S_PENDING, next_attempt_at=time.time() + self.settings.retry_base_seconds,
+                    error=detail, count_attempt=not sending,
+                    attempt=Attempt(started, 0.0, "error", None, detail)), time.time())
 
     async def _conclude(
         self,
@@ -258,8 +270,9 @@ class Worker:
                 self.metrics.delivered(claim.destination, time.time() - claim.created_at)
         elif outcome.kind == RETRY and not (ambiguous and not dest.resend_ambiguous):
             if code == 429:
-                self._paused_until[claim.destination] = time.time() + min(
-                    outcome.retry_after or 1.0, self.settings.retry_after_max_seconds
+                self._pause(
+                    claim.destination,
+                    min(outcome.retry_after or 1.0, self.settings.retry_after_max_seconds),
                 )
             delay = self.policy.next_delay(
                 claim.attempt, dest.settings.max_attempts, outcome.retry_after
@@ -299,6 +312,10 @@ class Worker:
             )
         elif settlement.status in (S_FAILED, S_SKIPPED):
             log.warning("%s %s: %s", settlement.status, tag, settlement.error)
+
+    def _pause(self, destination: str, seconds: float) -> None:
+        until = time.time() + seconds
+        self._paused_until[destination] = max(self._paused_until.get(destination, 0.0), until)
 
     async def _rate_slot(self, destination: str, per_minute: int) -> float:
         """0 when a send slot is taken now; otherwise seconds until one frees up."""
