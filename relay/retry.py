@@ -25,7 +25,7 @@ class RetryPolicy:
         maximum: float = 3600.0,
         retry_after_max: float = 3600.0,
     ) -> None:
-        self._wait = wait_exponential_jitter(initial=base, max=maximum, exp_base=2, jitter=base)
+        self._wait = wait_exponential_jitter(multiplier=base, max=maximum, exp_base=2, jitter=base)
         self.retry_after_max = retry_after_max
 
     def next_delay(

@@ -137,10 +137,12 @@ class RelayProcess:
         env.setdefault("PYTHONPATH", str(REPO))
         log = self.workdir / f"relay-{self.port}-{len(self._logs)}.log"
         self._logs.append(log)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-            cwd=self.workdir, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 *self.args],
+                cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_healthy()
         return self
