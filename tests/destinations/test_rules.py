@@ -189,3 +189,28 @@ def test_pagent_batch_chunks_of_100(tmp_path: Path, pagent_emu):
     assert all(r.status == "delivered" for r in rows) and len(rows) == 230
     sizes = sorted(len(json.loads(s.body)["events"]) for s in pagent_emu.requests if s.path.endswith("/bulk"))
     assert sum(sizes) == 230 and max(sizes) <= 100
+
+
+def test_settings_enable_all_six_and_mask_secrets(monkeypatch):
+    from relay.destinations import build_destinations
+    from relay.settings import load_settings
+
+    for key, value in {
+        "RELAY_PAGENT__API_KEY": "pk", "RELAY_TOPMAIL__API_KEY": "tm_test_k",
+        "RELAY_TOPMAIL__SUBSCRIPTION_TYPE": "upgrade",
+        "RELAY_CONVERGE__POSTBACK_URL": "https://app.runconverge.com/api/webhooks/secretpath",
+        "RELAY_WEBHOOK__URL": "https://example.org/hook", "RELAY_WEBHOOK__SECRET": WEBHOOK_SECRET,
+        "RELAY_SIMMER__SECRET_KEY": "s", "RELAY_SIMMER__PROJECT_ID": "p",
+        "RELAY_IMPACT__ACCOUNT_SID": "IR1", "RELAY_IMPACT__AUTH_TOKEN": "t",
+        "RELAY_IMPACT__CAMPAIGN_ID": "1", "RELAY_IMPACT__EVENT_TYPE_ID": "2",
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert set(build_destinations(settings)) == {"simmer", "impact", "pagent", "topmail", "converge", "webhook"}
+    described = json.dumps(settings.describe())
+    assert "secretpath" not in described and WEBHOOK_SECRET not in described
+    assert settings.topmail.subscription_type == "upgrade"
+    assert "refund" not in settings.converge.kinds
+    monkeypatch.setenv("RELAY_TOPMAIL__ATTRIBUTION_WINDOW", "91")
+    with pytest.raises(Exception, match="RELAY_TOPMAIL__ATTRIBUTION_WINDOW"):
+        load_settings()
