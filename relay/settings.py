@@ -7,9 +7,11 @@ and are shown masked by `describe()`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -138,7 +140,10 @@ class PagentSettings(DestinationSettings):
     required: ClassVar = ("api_key",)
     api_key: SecretStr | None = None
     url: str = "https://ingest.pagent.ai"
-    label: str = "purchase"
+    label: str = Field("purchase", min_length=1, max_length=200)
+    # pagent has no currency field: revenue is read in the project's currency. When
+    # set, conversions in another currency are skipped instead of mis-counted.
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     kinds: CSV = ["purchase", "subscription_renewed"]
 
 
@@ -146,8 +151,8 @@ class TopmailSettings(DestinationSettings):
     required: ClassVar = ("api_key",)
     api_key: SecretStr | None = None
     url: str = "https://api.topmail.so"
-    subscription_type: str = "signup"  # signup | upgrade
-    attribution_model: str = "last_touch"
+    subscription_type: Literal["signup", "upgrade"] = "signup"
+    attribution_model: Literal["last_touch", "first_touch", "linear"] = "last_touch"
     attribution_window: int = Field(7, ge=1, le=90)
     kinds: CSV = ["purchase", "subscription_started", "subscription_renewed"]
 
@@ -155,15 +160,33 @@ class TopmailSettings(DestinationSettings):
 class ConvergeSettings(DestinationSettings):
     required: ClassVar = ("postback_url",)
     postback_url: SecretStr | None = None  # the URL itself is the secret
-    webhook_token: SecretStr | None = None
-    new_customer_default: bool = True
-    kinds: CSV = list(KINDS)
+    webhook_token: SecretStr | None = None  # sent as X-Webhook-Token when set
+    new_customer_default: bool = True  # $is_new_customer when the ledger cannot tell
+    # Converge documents no refund event: refunds are not sent by default.
+    kinds: CSV = ["purchase", "subscription_started", "subscription_renewed", "subscription_cancelled"]
 
 
 class WebhookSettings(DestinationSettings):
     required: ClassVar = ("url", "secret")
     url: str | None = None
-    secret: SecretStr | None = None
+    secret: SecretStr | None = None  # whsec_<base64 of 24–64 random bytes>
+    timeout_seconds: float = Field(15.0, gt=0, le=300)  # Standard Webhooks: 15–30 s
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return value
+        raw = value.get_secret_value()
+        if not raw.startswith("whsec_"):
+            raise ValueError("must start with whsec_ (Standard Webhooks secret)")
+        try:
+            key = base64.b64decode(raw[len("whsec_"):], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the part after whsec_ must be base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("must decode to 24-64 bytes (Standard Webhooks)")
+        return value
 
 
 # ---------------------------------------------------------------- process

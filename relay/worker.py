@@ -123,9 +123,12 @@ class Worker:
                     log.warning("worker: claim failed (%s); retrying", exc)
                     claims = []
                     await self._sleep(min(s.poll_seconds, 1.0))
-                for claim in claims:
-                    task = asyncio.create_task(self._deliver(claim))
-                    self._inflight[task] = claim
+                for group in self._groups(claims):
+                    if len(group) == 1:
+                        task = asyncio.create_task(self._deliver(group[0]))
+                    else:
+                        task = asyncio.create_task(self._deliver_batch(group))
+                    self._inflight[task] = group[0]
                     task.add_done_callback(self._done)
                 claimed = len(claims)
                 if claimed == min(free, s.batch_size) and claimed:
@@ -178,6 +181,106 @@ class Worker:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5)
+
+    def _groups(self, claims: list[Claim]) -> list[list[Claim]]:
+        """Claims of a batching destination (max_batch > 1) in chunks; others alone."""
+        groups: list[list[Claim]] = []
+        open_: dict[str, list[Claim]] = {}
+        for claim in claims:
+            size = self.destinations[claim.destination].max_batch
+            if size <= 1:
+                groups.append([claim])
+                continue
+            group = open_.get(claim.destination)
+            if group is None or len(group) >= size:
+                group = open_[claim.destination] = []
+                groups.append(group)
+            group.append(claim)
+        return groups
+
+    # ------------------------------------------------------------ batched delivery
+
+    async def _deliver_batch(self, claims: list[Claim]) -> None:
+        """Several deliveries of one batching destination in one request.
+
+        Each claim goes through the same gates as `_deliver` (recovered and not
+        resendable → ambiguous; Skip → skipped); the rest share one request,
+        one rate slot and one response, and each is settled from it."""
+        dest = self.destinations[claims[0].destination]
+        started = time.time()
+        ready: list[tuple[Claim, Conversion]] = []
+        now = datetime.now(UTC)
+        for claim in claims:
+            tag = _tag(claim)
+            if claim.recovered and not dest.resend_ambiguous:
+                detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
+                await self._settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
+                    started, 0.0, "ambiguous", None, detail)), tag)
+                continue
+            conv = claim.conversion
+            if self.enrich is not None:
+                conv = await self.enrich(conv, claim.destination)
+            built = dest.build(conv, now)
+            if isinstance(built, Skip):
+                status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
+                await self._settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
+                    started, 0.0, "skipped", None, built.reason)), tag)
+                continue
+            ready.append((claim, conv))
+        if not ready:
+            return
+        if len(ready) == 1:
+            request = dest.build(ready[0][1], now)
+            assert not isinstance(request, Skip)
+        else:
+            request = dest.build_batch([conv for _, conv in ready], now)
+        per_minute = dest.settings.rate_limit_per_minute
+        if per_minute:
+            wait = await self._rate_slot(claims[0].destination, per_minute)
+            if wait > 0:
+                for claim, _ in ready:
+                    await self._settle(claim, Settlement(
+                        S_PENDING, next_attempt_at=time.time() + wait, error=None,
+                        count_attempt=False), _tag(claim))
+                return
+        started = time.time()
+        sending = True
+        try:
+            outcome, code, ambiguous = await self._send(claims[0].destination, dest, request)
+            sending = False
+            elapsed = (time.time() - started) * 1000
+            for claim, _ in ready:
+                detail = f"batch of {len(ready)}: {outcome.detail}" if len(ready) > 1 else outcome.detail
+                await self._conclude(claim, dest, Outcome(outcome.kind, detail, outcome.retry_after),
+                                     code, ambiguous, started, elapsed, _tag(claim))
+        except asyncio.CancelledError:
+            for claim, _ in ready:
+                await self._hand_back(claim, dest, sending, started)
+            raise
+
+    async def _send(
+        self, name: str, dest: Destination, request: httpx.Request
+    ) -> tuple[Outcome, int | None, bool]:
+        """Send one request: (outcome, status code, ambiguous)."""
+        try:
+            response = await self._clients[name].send(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return Outcome(RETRY, f"connect: {_err(exc)}"), None, False
+        except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
+            return Outcome(RETRY, f"{_kind(exc)}: {_err(exc)}"), None, True
+        await response.aread()
+        return dest.classify(response), response.status_code, False
+
+    async def _hand_back(self, claim: Claim, dest: Destination, sending: bool, started: float) -> None:
+        """Shutdown: return the delivery. A request cut off mid-send is ambiguous."""
+        detail = "interrupted by shutdown"
+        if sending and not dest.resend_ambiguous:
+            settlement = Settlement(S_FAILED, error="ambiguous: " + detail, attempt=Attempt(
+                started, 0.0, "ambiguous", None, detail))
+        else:
+            settlement = Settlement(S_PENDING, next_attempt_at=time.time(), count_attempt=sending)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.store.settle(claim, settlement, time.time()))
 
     # ------------------------------------------------------------ one delivery
 
@@ -327,6 +430,11 @@ class Worker:
             if time.time() + wait > deadline:
                 return wait
             await asyncio.sleep(wait)
+
+
+def _tag(claim: Claim) -> str:
+    return (f"destination={claim.destination} order={claim.conversion.order_key}"
+            f" attempt={claim.attempt}")
 
 
 def _kind(exc: Exception) -> str:

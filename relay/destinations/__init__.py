@@ -10,6 +10,7 @@ settings section and one stand-in server in the tests.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -49,6 +50,10 @@ class Destination:
     # (timeout after sending, crash mid-request): true when the destination
     # deduplicates on a key we send.
     resend_ambiguous: ClassVar[bool] = True
+    # Destinations with a bulk endpoint set this above 1 and implement
+    # `build_batch`: the worker then sends up to `max_batch` due deliveries in
+    # one request and settles each of them from the one response.
+    max_batch: ClassVar[int] = 1
 
     def __init__(self, settings: DestinationSettings) -> None:
         self.settings = settings
@@ -57,6 +62,10 @@ class Destination:
         return conversion.kind in self.settings.kinds
 
     def build(self, conversion: Conversion, now: datetime) -> httpx.Request | Skip:
+        raise NotImplementedError
+
+    def build_batch(self, conversions: Sequence[Conversion], now: datetime) -> httpx.Request:
+        """One request for several conversions that `build` accepted (2..max_batch)."""
         raise NotImplementedError
 
     def classify(self, response: httpx.Response) -> Outcome:
@@ -117,12 +126,20 @@ def iso_utc(moment: datetime) -> str:
 
 def build_destinations(settings: Any) -> dict[str, Destination]:
     """The enabled destinations, by name."""
+    from relay.destinations.converge import Converge
     from relay.destinations.impact import Impact
+    from relay.destinations.pagent import Pagent
     from relay.destinations.simmer import Simmer
+    from relay.destinations.topmail import Topmail
+    from relay.destinations.webhook import Webhook
 
     registry: dict[str, type[Destination]] = {
         "simmer": Simmer,
         "impact": Impact,
+        "pagent": Pagent,
+        "topmail": Topmail,
+        "converge": Converge,
+        "webhook": Webhook,
     }
     return {
         name: cls(getattr(settings, name))
