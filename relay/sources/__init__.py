@@ -25,6 +25,11 @@ from relay.conversion import Conversion
 from relay.errors import PayloadError
 
 
+# Envelope key set by `relay simulate` on samples for processors without a test flag
+# (Paddle, Chargebee) so a simulated event is test-mode like Stripe's and LS's.
+SIMULATED_KEY = "relay_simulated"
+
+
 @dataclass(slots=True)
 class ParsedEvent:
     event_id: str

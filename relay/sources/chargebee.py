@@ -51,7 +51,7 @@ from relay.conversion import (
 )
 from relay.errors import AuthError, PayloadError
 from relay.settings import ChargebeeSettings
-from relay.sources import ParsedEvent, load_json, string_map, text, unix_time
+from relay.sources import SIMULATED_KEY, ParsedEvent, load_json, string_map, text, unix_time
 
 
 class ChargebeeSource:
@@ -86,7 +86,10 @@ class ChargebeeSource:
         content = event.get("content")
         if not event_id or not event_type or not isinstance(content, dict):
             raise PayloadError("not a Chargebee event: id, event_type or content is missing")
-        parsed = ParsedEvent(event_id=event_id, event_type=event_type)
+        # `relay simulate` marks its signed samples: processors never send this key.
+        parsed = ParsedEvent(
+            event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
+        )
         handler = HANDLERS.get(event_type)
         if handler is None:
             parsed.ignored = f"event type {event_type[:64]!r} is not relayed"

@@ -4,8 +4,9 @@ Verification is constant-time (`hmac.compare_digest`) against every configured
 secret, so a secret can be rotated by listing old and new for a while.
 
 Lemon Squeezy sends no event id and no timestamp, so there is no replay window
-to check. The event id relay records is `"{event_name}:{data.type}:{data.id}"`;
-replay protection is the ledger: a replayed body has the same event id and the
+to check. The event id relay records is `"{event_name}:{data.type}:{data.id}"`
+(refund events append the cumulative `refunded_amount`, so a second partial
+refund of the same order is a new event); replay protection is the ledger: a replayed body has the same event id and the
 same conversion keys, so it is answered "duplicate" and never re-delivered.
 
 Conversions (the body is JSON:API, `{meta, data: {type, id, attributes}}`):
@@ -53,6 +54,7 @@ from relay.errors import PayloadError, SignatureError
 from relay.settings import LemonSqueezySettings
 from relay.sources import ParsedEvent, dig, iso_time, load_json, string_map, text
 
+REFUND_EVENTS = frozenset({"order_refunded", "subscription_payment_refunded"})
 HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -96,8 +98,13 @@ class LemonSqueezySource:
         if test_mode is None:
             test_mode = attrs.get("test_mode")
         livemode = not bool(test_mode)
+        event_id = f"{event_name}:{data_type}:{data_id}"
+        if event_name in REFUND_EVENTS:
+            # One order can be refunded several times (partial refunds): each new
+            # cumulative amount is a new event, not a duplicate of the first.
+            event_id += f":{str(attrs.get('refunded_amount'))[:20]}"
         parsed = ParsedEvent(
-            event_id=f"{event_name}:{data_type}:{data_id}",
+            event_id=event_id,
             event_type=event_name,
             livemode=livemode,
         )

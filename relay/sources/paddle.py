@@ -55,7 +55,7 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import PaddleSettings
-from relay.sources import ParsedEvent, dig, iso_time, load_json, string_map, text
+from relay.sources import SIMULATED_KEY, ParsedEvent, dig, iso_time, load_json, string_map, text
 
 NO_SALE_ORIGINS = frozenset({"subscription_payment_method_change"})
 
@@ -120,7 +120,10 @@ class PaddleSource:
         data = event.get("data")
         if not event_id or not event_type or not isinstance(data, dict):
             raise PayloadError("not a Paddle event: event_id, event_type or data is missing")
-        parsed = ParsedEvent(event_id=event_id, event_type=event_type)
+        # `relay simulate` marks its signed samples: processors never send this key.
+        parsed = ParsedEvent(
+            event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
+        )
         handler = HANDLERS.get(event_type)
         if handler is None:
             parsed.ignored = f"event type {event_type[:64]!r} is not relayed"
