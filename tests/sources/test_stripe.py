@@ -162,3 +162,33 @@ def test_line_items_reach_impact(tmp_path, simmer, impact, relay_factory, stripe
     form = impact.accepted[0].parsed
     assert form["ItemSku1"] == "price_A" and form["ItemQuantity1"] == "1"
     assert STRIPE_API_KEY not in proc.logs()
+
+
+def test_worker_survives_a_raising_enricher(tmp_path, simmer, impact):
+    """The worker delivers without enrichment when the enrich hook itself raises."""
+    import time
+
+    from relay.app import create_app
+    from relay.settings import Settings
+    from starlette.testclient import TestClient
+
+    async def broken(conversion, destination):
+        raise RuntimeError("enrichment exploded")
+
+    env = core_env(tmp_path / "w.db", simmer.url, impact.url)
+    settings = Settings(
+        database_url=env["RELAY_DATABASE_URL"],
+        stripe={"webhook_secrets": "whsec_test_secret"},
+        simmer={"secret_key": env["RELAY_SIMMER__SECRET_KEY"],
+                "project_id": env["RELAY_SIMMER__PROJECT_ID"], "url": env["RELAY_SIMMER__URL"]},
+        worker={"poll_seconds": 0.2},
+    )
+    app = create_app(settings, worker_options={"enrich": broken})
+    with TestClient(app) as client:
+        body = body_of(checkout_event())
+        assert client.post("/webhooks/stripe", content=body,
+                           headers=stripe_headers(body)).status_code == 200
+        deadline = time.time() + 10
+        while not simmer.accepted and time.time() < deadline:
+            time.sleep(0.05)
+    assert simmer.accepted
