@@ -221,3 +221,28 @@ def test_without_api_key_simmer_skips_for_no_email(tmp_path, relay_factory):
         rows = wait_until(lambda: proc.deliveries(status="skipped"), message="skipped delivery")
         assert "no buyer email" in json.dumps(rows)
         assert simmer.requests == []
+
+
+def test_lookup_failure_degrades_and_is_cached(paddle_api, tmp_path):
+    import asyncio
+
+    from relay.enrich import build_enricher
+    from relay.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}",
+                        paddle={"webhook_secrets": PADDLE_SECRET, "api_key": PADDLE_API_KEY,
+                                "api_base": paddle_api.url})
+    source = PaddleSource(settings.paddle)
+    [conv] = source.parse(dumps(envelope("transaction.completed",
+                                         entity("transaction.completed")))).conversions
+    enricher = build_enricher(settings)
+
+    async def run():
+        try:
+            return [await enricher(conv, "simmer") for _ in range(3)]
+        finally:
+            await enricher.aclose()
+
+    results = asyncio.run(run())  # the customer is unknown to the API: 404
+    assert all(r == conv for r in results)
+    assert len(paddle_api.rejected) == 1  # failure cached briefly, not retried per delivery
