@@ -24,6 +24,7 @@ from starlette.routing import Route
 from relay import attribution
 from relay.conversion import Conversion
 from relay.destinations import Destination, build_destinations
+from relay.enrich import build_enricher
 from relay.errors import PayloadError, SignatureError, StoreError
 from relay.metrics import Metrics
 from relay.settings import Settings, load_settings
@@ -83,10 +84,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await relay.store.open()
         task = None
+        enricher = None
         if run_worker:
+            options = dict(worker_options or {})
+            if "enrich" not in options:
+                enricher = options["enrich"] = build_enricher(settings)
             relay.worker = Worker(
                 relay.store, relay.destinations, settings.worker, metrics=relay.metrics,
-                **(worker_options or {}),
+                **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")
         log.info(
@@ -103,6 +108,8 @@ def create_app(
                 await relay.worker.stop()
                 with contextlib.suppress(Exception):
                     await task
+            if enricher is not None:
+                await enricher.aclose()
             await relay.store.close()
 
     async def webhook(request: Request) -> Response:

@@ -83,19 +83,24 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
 def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.destinations import build_destinations
+    from relay.enrich import build_enricher
     from relay.metrics import Metrics
     from relay.worker import Worker
 
     async def run() -> None:
         store = open_store(settings.store_url)
         await store.open()
-        w = Worker(store, build_destinations(settings), settings.worker, metrics=Metrics())
+        enricher = build_enricher(settings)
+        w = Worker(store, build_destinations(settings), settings.worker, metrics=Metrics(),
+                   enrich=enricher)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
         try:
             await w.run()
         finally:
+            if enricher is not None:
+                await enricher.aclose()
             await store.close()
 
     asyncio.run(run())

@@ -297,7 +297,11 @@ class Worker:
                     started, 0.0, "ambiguous", None, detail)), tag)
                 return
             if self.enrich is not None:
-                conv = await self.enrich(conv, claim.destination)
+                try:
+                    conv = await self.enrich(conv, claim.destination)
+                except Exception as exc:  # never lose a delivery to a failed look-up
+                    log.warning("enrich failed %s (%s); delivering without it", tag,
+                                type(exc).__name__)
             built = dest.build(conv, datetime.now(UTC))
             if isinstance(built, Skip):
                 status = S_SKIPPED if claim.attempt <= 1 else S_FAILED

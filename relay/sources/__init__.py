@@ -16,12 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 
 from relay.conversion import Conversion
 from relay.errors import PayloadError
+
+
+# Envelope key set by `relay simulate` on samples for processors without a test flag
+# (Paddle, Chargebee) so a simulated event is test-mode like Stripe's and LS's.
+SIMULATED_KEY = "relay_simulated"
 
 
 @dataclass(slots=True)
@@ -80,12 +86,36 @@ def string_map(value: Any) -> dict[str, str]:
     return out
 
 
+def iso_time(value: Any, name: str) -> datetime:
+    """An ISO 8601 / RFC 3339 timestamp ('…Z' included) as an aware datetime (UTC if naive)."""
+    if not isinstance(value, str) or not value.strip():
+        raise PayloadError(f"{name} is missing")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise PayloadError(f"{name} is not an ISO 8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def unix_time(value: Any, name: str) -> datetime:
+    """Unix seconds (an integer) as an aware UTC datetime."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{name} is not a Unix timestamp")
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
 def build_sources(settings: Any) -> dict[str, Source]:
     """The enabled sources, by path name (`POST /webhooks/<name>`)."""
+    from relay.sources.chargebee import ChargebeeSource
+    from relay.sources.lemonsqueezy import LemonSqueezySource
+    from relay.sources.paddle import PaddleSource
     from relay.sources.stripe import StripeSource
 
     registry: dict[str, Any] = {
         "stripe": StripeSource,
+        "lemonsqueezy": LemonSqueezySource,
+        "paddle": PaddleSource,
+        "chargebee": ChargebeeSource,
     }
     return {
         name: cls(getattr(settings, name))

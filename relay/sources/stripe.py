@@ -11,6 +11,23 @@ Conversions:
   → purchase; `unpaid` → ignored (the money arrives later with
   `checkout.session.async_payment_succeeded` → purchase). Both key the
   conversion on the Checkout Session id, so a session is counted once.
+- `invoice.paid` with billing_reason `subscription_cycle` → subscription_renewed,
+  keyed on the invoice id. `subscription_create` is the same money as the
+  Checkout purchase and is ignored (so are proration/manual invoices). Both
+  the pre-basil shape (top-level `subscription`, `subscription_details`, `tax`)
+  and the basil shape (`parent.subscription_details`, `total_taxes[]`) are read;
+  attribution comes from the subscription's metadata.
+- `customer.subscription.created` → subscription_started once the status is
+  `active`/`trialing` (it often fires `incomplete`, before any payment: ignored);
+  `customer.subscription.updated` whose previous status was `incomplete` and
+  whose status is now `active`/`trialing` → subscription_started. Both key on
+  the subscription id, so a start is counted once.
+- `customer.subscription.deleted` → subscription_cancelled (subscription id).
+- `refund.created` → refund of that refund's amount, keyed on its `re_` id.
+  `charge.refunded` (whose `amount_refunded` is cumulative) → refund of the
+  newest refund in `charge.refunds.data` keyed on its `re_` id (so it dedupes
+  with `refund.created`); without that list, the delta against
+  `previous_attributes.amount_refunded`, keyed on `"{charge id}:{cumulative}"`.
 """
 
 from __future__ import annotations
@@ -22,7 +39,16 @@ from typing import Any
 import stripe
 
 from relay import money
-from relay.conversion import PURCHASE, Conversion, Customer
+from relay.conversion import (
+    PURCHASE,
+    REFUND,
+    SUBSCRIPTION_CANCELLED,
+    SUBSCRIPTION_RENEWED,
+    SUBSCRIPTION_STARTED,
+    Conversion,
+    Customer,
+    Item,
+)
 from relay.errors import PayloadError, SignatureError
 from relay.settings import StripeSettings
 from relay.sources import ParsedEvent, dig, load_json, string_map, text
@@ -140,6 +166,13 @@ def _checkout_purchase(
         if isinstance(v := session.get(k), str) and v
     }
     refs["mode"] = str(session.get("mode") or "payment")
+    promotion_codes = [
+        d["promotion_code"]
+        for d in session.get("discounts") or ()
+        if isinstance(d, dict) and isinstance(d.get("promotion_code"), str)
+    ]
+    if promotion_codes:
+        refs["promotion_code"] = promotion_codes[0]  # the text is fetched by relay/enrich.py
     return [
         Conversion(
             source="stripe",
@@ -169,9 +202,240 @@ def _checkout_purchase(
     ]
 
 
+# ------------------------------------------------------------ invoices
+
+RENEWAL_REASONS = frozenset({"subscription_cycle"})
+
+
+def _invoice_paid(
+    event: dict[str, Any], invoice: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    reason = invoice.get("billing_reason")
+    if reason == "subscription_create":
+        return "first subscription invoice is the same money as the checkout purchase"
+    if reason not in RENEWAL_REASONS:
+        return f"invoice billing_reason {str(reason)[:40]!r} is not a renewal"
+    invoice_id = text(invoice.get("id"))
+    if not invoice_id:
+        raise PayloadError("invoice has no id")
+    currency = money.currency_code(invoice.get("currency"))
+    paid = invoice.get("amount_paid")
+    if paid is None:
+        raise PayloadError("invoice has no amount_paid")
+
+    def amount(value: Any) -> Any:
+        return None if value is None else money.from_minor(value, currency)
+
+    def summed(rows: Any) -> Any:
+        values = [r.get("amount") for r in rows or () if isinstance(r, dict)]
+        values = [v for v in values if v is not None]
+        return sum((money.from_minor(v, currency) for v in values), start=amount(0)) if values else None
+
+    tax = summed(invoice.get("total_taxes"))
+    if tax is None:
+        tax = amount(invoice.get("tax"))  # pre-basil
+    details = dig(invoice, "parent", "subscription_details")
+    if not isinstance(details, dict):
+        details = invoice.get("subscription_details")  # pre-basil (2023-06-29 and later)
+    details = details if isinstance(details, dict) else {}
+    subscription = details.get("subscription") or invoice.get("subscription")
+    if isinstance(subscription, dict):
+        subscription = subscription.get("id")
+    paid_at = dig(invoice, "status_transitions", "paid_at")
+    items = []
+    for line in dig(invoice, "lines", "data") or ():
+        if not isinstance(line, dict):
+            continue
+        price = line.get("price") if isinstance(line.get("price"), dict) else {}
+        price_id = dig(line, "pricing", "price_details", "price") or price.get("id")
+        product = dig(line, "pricing", "price_details", "product") or price.get("product")
+        quantity = line.get("quantity")
+        items.append(Item(
+            quantity=quantity if isinstance(quantity, int) and quantity > 0 else 1,
+            subtotal=amount(line.get("amount")),
+            sku=price_id if isinstance(price_id, str) else None,
+            name=text(line.get("description")),
+            product_id=product if isinstance(product, str) else None,
+        ))
+    refs = {
+        k: v
+        for k, v in (
+            ("subscription", subscription),
+            ("customer", invoice.get("customer")),
+            ("number", invoice.get("number")),
+            ("billing_reason", reason),
+        )
+        if isinstance(v, str) and v
+    }
+    return [
+        Conversion(
+            source="stripe",
+            kind=SUBSCRIPTION_RENEWED,
+            order_key=invoice_id,
+            occurred_at=_timestamp(paid_at, "paid_at") if isinstance(paid_at, int) else created,
+            currency=currency,
+            total=money.from_minor(paid, currency),
+            subtotal=amount(invoice.get("subtotal")),
+            discount=summed(invoice.get("total_discount_amounts")),
+            tax=tax,
+            customer=Customer(
+                email=text(invoice.get("customer_email")),
+                id=refs.get("customer"),
+                name=text(invoice.get("customer_name")),
+            ),
+            metadata={**string_map(invoice.get("metadata")), **string_map(details.get("metadata"))},
+            items=tuple(items),
+            refs=refs,
+            livemode=livemode,
+            new_customer=False,
+        )
+    ]
+
+
+# ------------------------------------------------------------ subscriptions
+
+STARTED_STATUSES = frozenset({"active", "trialing"})
+NOT_STARTED_STATUSES = frozenset({"incomplete", "incomplete_expired"})
+
+
+def _subscription_conversion(
+    kind: str, sub: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion]:
+    sub_id = text(sub.get("id"))
+    if not sub_id:
+        raise PayloadError("subscription has no id")
+    currency = sub.get("currency")
+    customer = sub.get("customer")
+    customer = customer.get("id") if isinstance(customer, dict) else customer
+    refs = {"status": str(sub.get("status") or "")}
+    if isinstance(customer, str) and customer:
+        refs["customer"] = customer
+    return [
+        Conversion(
+            source="stripe",
+            kind=kind,
+            order_key=sub_id,
+            occurred_at=created,
+            currency=money.currency_code(currency) if currency else None,
+            customer=Customer(id=refs.get("customer")),
+            metadata=string_map(sub.get("metadata")),
+            refs=refs,
+            livemode=livemode,
+        )
+    ]
+
+
+def _subscription_created(
+    event: dict[str, Any], sub: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    status = sub.get("status")
+    if status not in STARTED_STATUSES:
+        return (f"subscription status {str(status)[:32]!r} is not started yet; "
+                "counted when customer.subscription.updated makes it active")
+    return _subscription_conversion(SUBSCRIPTION_STARTED, sub, created, livemode)
+
+
+def _subscription_updated(
+    event: dict[str, Any], sub: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    previous = dig(event, "data", "previous_attributes", "status")
+    if sub.get("status") in STARTED_STATUSES and previous in NOT_STARTED_STATUSES:
+        return _subscription_conversion(SUBSCRIPTION_STARTED, sub, created, livemode)
+    return "subscription update is not a start"
+
+
+def _subscription_deleted(
+    event: dict[str, Any], sub: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    return _subscription_conversion(SUBSCRIPTION_CANCELLED, sub, created, livemode)
+
+
+# ------------------------------------------------------------ refunds
+
+FAILED_REFUNDS = frozenset({"failed", "canceled"})
+
+
+def _refund_conversion(
+    order_key: str, minor: int, currency: str, created: datetime, livemode: bool,
+    metadata: dict[str, str], refs: dict[str, Any], email: str | None = None,
+) -> list[Conversion]:
+    return [
+        Conversion(
+            source="stripe",
+            kind=REFUND,
+            order_key=order_key,
+            occurred_at=created,
+            currency=currency,
+            total=money.from_minor(minor, currency),
+            customer=Customer(email=email, id=refs.get("customer") if isinstance(
+                refs.get("customer"), str) else None),
+            metadata=metadata,
+            refs={k: v for k, v in refs.items() if isinstance(v, str) and v},
+            livemode=livemode,
+        )
+    ]
+
+
+def _refund_created(
+    event: dict[str, Any], refund: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    refund_id = text(refund.get("id"))
+    if not refund_id:
+        raise PayloadError("refund has no id")
+    if refund.get("status") in FAILED_REFUNDS:
+        return f"refund status {refund.get('status')!r} moved no money"
+    currency = money.currency_code(refund.get("currency"))
+    return _refund_conversion(
+        refund_id, refund.get("amount"), currency, created, livemode,
+        string_map(refund.get("metadata")),
+        {"charge": refund.get("charge"), "payment_intent": refund.get("payment_intent")},
+    )
+
+
+def _charge_refunded(
+    event: dict[str, Any], charge: dict[str, Any], created: datetime, livemode: bool
+) -> list[Conversion] | str:
+    charge_id = text(charge.get("id"))
+    if not charge_id:
+        raise PayloadError("charge has no id")
+    currency = money.currency_code(charge.get("currency"))
+    refs = {"charge": charge_id, "payment_intent": charge.get("payment_intent"),
+            "customer": charge.get("customer")}
+    metadata = string_map(charge.get("metadata"))
+    email = text(dig(charge, "billing_details", "email")) or text(charge.get("receipt_email"))
+    refunds = [
+        r for r in dig(charge, "refunds", "data") or ()
+        if isinstance(r, dict) and isinstance(r.get("id"), str)
+        and r.get("status") not in FAILED_REFUNDS
+    ]
+    if refunds:
+        newest = max(refunds, key=lambda r: r.get("created") or 0)
+        return _refund_conversion(
+            newest["id"], newest.get("amount"), currency, created, livemode,
+            {**metadata, **string_map(newest.get("metadata"))}, refs, email,
+        )
+    cumulative = charge.get("amount_refunded")
+    previous = dig(event, "data", "previous_attributes", "amount_refunded")
+    if not isinstance(cumulative, int) or isinstance(previous, bool) or not isinstance(previous, int):
+        return ("charge.refunded carries neither charge.refunds nor previous_attributes."
+                "amount_refunded; subscribe to refund.created for the refund amount")
+    delta = cumulative - previous
+    if delta <= 0:
+        return "charge.refunded shows no new refunded amount"
+    return _refund_conversion(
+        f"{charge_id}:{cumulative}", delta, currency, created, livemode, metadata, refs, email
+    )
+
+
 HANDLERS = {
     "checkout.session.completed": _checkout_completed,
     "checkout.session.async_payment_succeeded": _checkout_async_succeeded,
+    "invoice.paid": _invoice_paid,
+    "customer.subscription.created": _subscription_created,
+    "customer.subscription.updated": _subscription_updated,
+    "customer.subscription.deleted": _subscription_deleted,
+    "refund.created": _refund_created,
+    "charge.refunded": _charge_refunded,
 }
 
 
