@@ -112,14 +112,17 @@ class PostgresStore(Store):
             kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection,
             timeout=CHECKOUT_TIMEOUT,
-            reconnect_timeout=3600.0,
+            # give up on a slot after ~15 s of backed-off attempts: the next caller grows the
+            # pool again from a 1 s delay, so a long outage does not mean a long recovery
+            reconnect_timeout=10.0,
             open=False,
             name="relay",
         )
         try:
-            await pool.open(wait=True, timeout=10.0)
-            async with pool.connection() as conn:
+            # A direct connection first: fails fast, with the server's own reason.
+            async with await psycopg.AsyncConnection.connect(self._conninfo) as conn:
                 await self._migrate(conn)
+            await pool.open(wait=True, timeout=10.0)
         except Exception as exc:
             await pool.close()
             if isinstance(exc, StoreError):
