@@ -1,0 +1,471 @@
+"""PostgreSQL backend: many `serve` and `worker` processes on many machines, one ledger.
+
+Driver: psycopg 3 with psycopg_pool.AsyncConnectionPool. One well-kept driver gives
+us an asyncio connection pool, LISTEN/NOTIFY (`AsyncConnection.notifies()`) and
+COPY, ships binary wheels (no compiler, no libpq on the host), and speaks
+server-side parameters natively — no second driver for the listener.
+
+- Schema: `postgres.sql`, applied by `open()` (and so by `relay migrate`) in one
+  transaction under `pg_advisory_xact_lock`, so processes starting together
+  serialize instead of racing on CREATE TABLE.
+- `record()`: one transaction; events and conversions deduplicated with
+  `INSERT … ON CONFLICT DO NOTHING RETURNING`; then `pg_notify` so idle workers in
+  other processes wake at once (delivered on commit).
+- `claim()`: one statement, `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)
+  RETURNING …`: concurrent workers never get the same row. The lease ends by time;
+  a claim taken over from a dead worker is flagged `recovered` (computed from the
+  old `lease_token` in the same UPDATE).
+- `watch()`: a dedicated LISTEN connection in a background task; it reconnects
+  with backoff by itself and wakes the worker after each reconnect (notifications
+  sent while it was away are lost; polling is the safety net).
+- `rate_acquire()`: a sliding log in PostgreSQL behind a per-key advisory lock
+  (`relay_rate_acquire()` in the schema): one limit for all workers together.
+- PostgreSQL unavailable: every method raises StoreError (webhooks answer 503,
+  /healthz 503). The pool validates connections on checkout and reconnects in the
+  background, so service resumes without a restart once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from relay.conversion import REVENUE_KINDS, Conversion
+from relay.errors import StoreError
+from relay.store import (
+    FAILED,
+    PENDING,
+    Claim,
+    DeliveryRow,
+    EventRecord,
+    Recorded,
+    Settlement,
+    Store,
+)
+from relay.store.sqlite import customer_key
+
+log = logging.getLogger("relay.store")
+SCHEMA_VERSION = 1
+CHANNEL = "relay_deliveries"
+MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
+POOL_MIN = 1
+POOL_MAX = 10
+CHECKOUT_TIMEOUT = 5.0  # seconds a caller waits for a connection before StoreError
+CONNECT_OPTIONS = {
+    "connect_timeout": "5",
+    "application_name": "relay",
+    # a dead peer is noticed in ~20 s even on an idle LISTEN connection
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "2",
+}
+LISTEN_HEALTH_SECONDS = 30.0  # the listener checks its connection this often when idle
+LISTEN_BACKOFF = (0.2, 10.0)  # first and longest wait between listener reconnects
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by asterisks."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:********@", url)
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        self.url = url
+        params = conninfo_to_dict(url)
+        self._secret = str(params.get("password") or "")
+        defaults = {k: v for k, v in CONNECT_OPTIONS.items() if k not in params}
+        self._conninfo = make_conninfo(url, **defaults)
+        self._pool_max = pool_max
+        self._pool: AsyncConnectionPool | None = None
+        self._listeners: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+
+    def _error(self, what: str, exc: BaseException) -> StoreError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self._secret:
+            text = text.replace(self._secret, "********")
+        return StoreError(f"PostgreSQL {what}: {text}"[:300])
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=POOL_MIN,
+            max_size=self._pool_max,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            timeout=CHECKOUT_TIMEOUT,
+            # give up on a slot after ~15 s of backed-off attempts: the next caller grows the
+            # pool again from a 1 s delay, so a long outage does not mean a long recovery
+            reconnect_timeout=10.0,
+            open=False,
+            name="relay",
+        )
+        try:
+            # A direct connection first: fails fast, with the server's own reason.
+            async with await psycopg.AsyncConnection.connect(self._conninfo) as conn:
+                await self._migrate(conn)
+            await pool.open(wait=True, timeout=10.0)
+        except Exception as exc:
+            await pool.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise self._error(f"unavailable at {mask_url(self.url)}", exc) from None
+        self._pool = pool
+        self._closed = False
+
+    async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        schema = resources.files("relay.store").joinpath("postgres.sql").read_text()
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            await conn.execute(schema.encode())  # no parameters: one multi-statement script
+            cur = await conn.execute("SELECT max(version) FROM schema_version")
+            row = await cur.fetchone()
+            current = row[0] if row else None
+            if current is None:
+                await conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+            elif current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {current} is newer than this relay ({SCHEMA_VERSION})"
+                )
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._listeners):
+            task.cancel()
+        for task in list(self._listeners):
+            with contextlib.suppress(BaseException):
+                await task
+        self._listeners.clear()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit); any driver failure becomes StoreError."""
+        if self._pool is None:
+            raise StoreError("store is not open")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except StoreError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            raise self._error(what, exc) from None
+
+    # ------------------------------------------------------------ interface
+
+    async def ping(self) -> None:
+        async with self._conn("unavailable") as conn:
+            cur = await conn.execute(
+                "SELECT pg_is_in_recovery(), (SELECT version FROM schema_version LIMIT 1)"
+            )
+            row = await cur.fetchone()
+        if row is None or row[0]:
+            raise StoreError("PostgreSQL is read-only (a standby): cannot take writes")
+
+    async def record(
+        self,
+        event: EventRecord,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+    ) -> Recorded:
+        async with self._conn("record failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO events (source, event_id, event_type, received_at, body)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source, event_id) DO NOTHING"
+                " RETURNING id",
+                (event.source, event.event_id, event.event_type, event.received_at, event.body),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return Recorded(duplicate=True)
+            event_row = row[0]
+            result = Recorded(duplicate=False)
+            now = event.received_at
+            rows: list[tuple[int, str]] = []
+            for conversion in conversions:
+                ckey = customer_key(conversion)
+                if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
+                    cur = await conn.execute(
+                        "SELECT 1 FROM conversions WHERE source = %s AND customer_key = %s"
+                        " AND kind IN ('purchase', 'subscription_renewed') LIMIT 1",
+                        (conversion.source, ckey),
+                    )
+                    prior = await cur.fetchone()
+                    conversion = conversion.replace(new_customer=prior is None)
+                cur = await conn.execute(
+                    "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
+                    " occurred_at, created_at, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
+                    (
+                        conversion.source,
+                        conversion.kind,
+                        conversion.order_key,
+                        event_row,
+                        ckey,
+                        conversion.occurred_at.timestamp(),
+                        now,
+                        conversion.to_json(),
+                    ),
+                )
+                inserted = await cur.fetchone()
+                if inserted is None:
+                    result.known.append(conversion)
+                    continue
+                result.conversions.append(conversion)
+                rows.extend((inserted[0], d) for d in destinations_for(conversion))
+            if rows:
+                await conn.execute(
+                    "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
+                    " created_at, updated_at)"
+                    " SELECT c, d, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::text[]) AS t (c, d)",
+                    (PENDING, now, now, now, [r[0] for r in rows], [r[1] for r in rows]),
+                )
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                result.deliveries = len(rows)
+        return result
+
+    async def claim(
+        self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
+    ) -> list[Claim]:
+        if not destinations or limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        async with self._conn("claim failed") as conn:
+            cur = await conn.execute(
+                """
+                UPDATE deliveries d
+                   SET lease_until = %(until)s, lease_token = %(token)s,
+                       attempts = d.attempts + 1, updated_at = %(now)s,
+                       recovered = d.lease_token IS NOT NULL
+                  FROM (SELECT id FROM deliveries
+                         WHERE status = 'pending' AND destination = ANY(%(dests)s)
+                           AND next_attempt_at <= %(now)s
+                           AND (lease_until IS NULL OR lease_until < %(now)s)
+                         ORDER BY next_attempt_at
+                         LIMIT %(limit)s
+                           FOR UPDATE SKIP LOCKED) due,
+                       conversions c
+                 WHERE d.id = due.id AND c.id = d.conversion_id
+                RETURNING d.id, d.conversion_id, d.destination, d.attempts, d.recovered,
+                          c.data, c.created_at
+                """,
+                {
+                    "until": now + lease_seconds,
+                    "token": token,
+                    "now": now,
+                    "dests": list(destinations),
+                    "limit": limit,
+                },
+            )
+            rows = await cur.fetchall()
+        return [
+            Claim(
+                delivery_id=delivery_id,
+                destination=destination,
+                attempt=attempts,
+                conversion_id=conversion_id,
+                conversion=Conversion.from_json(bytes(data)),
+                lease_token=token,
+                created_at=created,
+                recovered=bool(recovered),
+            )
+            for delivery_id, conversion_id, destination, attempts, recovered, data, created in rows
+        ]
+
+    async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
+        s, a = settlement, settlement.attempt
+        params = {
+            "status": s.status,
+            "next": s.next_attempt_at,
+            "spent": 0 if s.count_attempt else 1,
+            "code": s.status_code,
+            "error": s.error,
+            "now": now,
+            "id": claim.delivery_id,
+            "token": claim.lease_token,
+            "has_attempt": a is not None,
+            "attempt": claim.attempt,
+            "started": a.started_at if a else 0.0,
+            "ms": a.duration_ms if a else 0.0,
+            "outcome": a.outcome if a else "",
+            "a_code": a.status_code if a else None,
+            "detail": a.detail[:1000] if a else None,
+        }
+        async with self._conn("settle failed") as conn:
+            cur = await conn.execute(
+                """
+                WITH settled AS (
+                    UPDATE deliveries
+                       SET status = %(status)s,
+                           next_attempt_at = COALESCE(%(next)s::double precision, next_attempt_at),
+                           attempts = attempts - %(spent)s::integer,
+                           lease_until = NULL, lease_token = NULL, recovered = false,
+                           last_status_code = COALESCE(%(code)s::integer, last_status_code),
+                           last_error = CASE WHEN %(status)s = 'delivered' THEN last_error
+                                             ELSE COALESCE(%(error)s::text, last_error) END,
+                           updated_at = %(now)s,
+                           delivered_at = CASE WHEN %(status)s = 'delivered' THEN %(now)s
+                                               ELSE delivered_at END
+                     WHERE id = %(id)s AND lease_token = %(token)s
+                    RETURNING id
+                ), logged AS (
+                    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,
+                                          status_code, detail)
+                    SELECT id, %(attempt)s::integer, %(started)s::double precision,
+                           %(ms)s::double precision, %(outcome)s::text, %(a_code)s::integer,
+                           %(detail)s::text
+                      FROM settled WHERE %(has_attempt)s::boolean
+                )
+                SELECT count(*) FROM settled
+                """,
+                params,
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def next_due(self, destinations: Sequence[str]) -> float | None:
+        if not destinations:
+            return None
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT min(greatest(next_attempt_at, coalesce(lease_until, 0)))"
+                " FROM deliveries WHERE status = 'pending' AND destination = ANY(%s)",
+                (list(destinations),),
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def deliveries(
+        self, status: str | None = None, destination: str | None = None, limit: int = 50
+    ) -> list[DeliveryRow]:
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if status:
+            where.append(sql.SQL("d.status = %s"))
+            args.append(status)
+        if destination:
+            where.append(sql.SQL("d.destination = %s"))
+            args.append(destination)
+        query = sql.SQL(
+            "SELECT d.id, d.destination, d.status, d.attempts,"
+            " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
+            " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
+            " d.created_at, d.updated_at"
+            " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id {where}"
+            " ORDER BY d.id DESC LIMIT %s"
+        ).format(
+            where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        )
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(query, (*args, limit))
+            rows = await cur.fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    async def requeue(
+        self, ids: Sequence[int] = (), destination: str | None = None, now: float = 0.0
+    ) -> int:
+        where = [sql.SQL("status = %s")]
+        args: list[Any] = [FAILED]
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            args.append([int(i) for i in ids])
+        if destination:
+            where.append(sql.SQL("destination = %s"))
+            args.append(destination)
+        query = sql.SQL(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
+            " lease_until = NULL, lease_token = NULL, updated_at = %s WHERE {where}"
+        ).format(where=sql.SQL(" AND ").join(where))
+        async with self._conn("requeue failed") as conn, conn.transaction():
+            cur = await conn.execute(query, (now, now, *args))
+            count = cur.rowcount
+            if count:
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return count
+
+    async def stats(self, now: float) -> dict[str, Any]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, status, count(*) FROM deliveries GROUP BY destination, status"
+            )
+            by_status = {(dest, status): n for dest, status, n in await cur.fetchall()}
+            cur = await conn.execute(
+                "SELECT min(created_at) FROM deliveries WHERE status = 'pending'"
+            )
+            row = await cur.fetchone()
+        oldest = row[0] if row else None
+        return {
+            "by_status": by_status,
+            "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
+        }
+
+    async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
+        async with self._conn("rate limit failed") as conn:
+            cur = await conn.execute(
+                "SELECT relay_rate_acquire(%s, %s, %s)", (key, per_minute, now)
+            )
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+    # ------------------------------------------------------------ notifications
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        started = asyncio.Event()
+        task = asyncio.create_task(self._listen(wake, started), name="relay-pg-listen")
+        self._listeners.add(task)
+        task.add_done_callback(self._listeners.discard)
+        # Return once LISTEN is in place (or soon anyway: polling covers the gap).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(started.wait(), timeout=5.0)
+
+    async def _listen(self, wake: Callable[[], None], started: asyncio.Event) -> None:
+        delay = LISTEN_BACKOFF[0]
+        first = True
+        while not self._closed:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    if not first:
+                        log.info("store: listening for new work again")
+                    first = False
+                    delay = LISTEN_BACKOFF[0]
+                    started.set()
+                    wake()  # anything notified while we were away
+                    while True:
+                        async for _ in conn.notifies(timeout=LISTEN_HEALTH_SECONDS):
+                            wake()
+                        await conn.execute("SELECT 1")  # idle: is the connection alive?
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                log.warning(
+                    "store: LISTEN connection lost (%s); reconnecting in %.1f s",
+                    self._error("listener", exc), delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_BACKOFF[1])

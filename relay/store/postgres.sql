@@ -1,0 +1,94 @@
+-- relay ledger, PostgreSQL flavour (schema version 1).
+-- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
+-- several processes starting at once neither race nor fail. Every statement is
+-- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
+CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL);
+
+CREATE TABLE IF NOT EXISTS events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source      text             NOT NULL,
+    event_id    text             NOT NULL,
+    event_type  text             NOT NULL,
+    received_at double precision NOT NULL,
+    body        bytea            NOT NULL,
+    UNIQUE (source, event_id)
+);
+
+CREATE TABLE IF NOT EXISTS conversions (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source       text             NOT NULL,
+    kind         text             NOT NULL,
+    order_key    text             NOT NULL,
+    event_row    bigint           NOT NULL REFERENCES events (id),
+    customer_key text,
+    occurred_at  double precision NOT NULL,
+    created_at   double precision NOT NULL,
+    data         bytea            NOT NULL,
+    UNIQUE (source, kind, order_key)
+);
+CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    conversion_id    bigint           NOT NULL REFERENCES conversions (id),
+    destination      text             NOT NULL,
+    status           text             NOT NULL,
+    attempts         integer          NOT NULL DEFAULT 0,
+    next_attempt_at  double precision NOT NULL,
+    lease_until      double precision,
+    lease_token      text,
+    recovered        boolean          NOT NULL DEFAULT false,
+    last_status_code integer,
+    last_error       text,
+    created_at       double precision NOT NULL,
+    updated_at       double precision NOT NULL,
+    delivered_at     double precision,
+    UNIQUE (conversion_id, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id bigint           NOT NULL REFERENCES deliveries (id),
+    attempt     integer          NOT NULL,
+    started_at  double precision NOT NULL,
+    duration_ms double precision NOT NULL,
+    outcome     text             NOT NULL,
+    status_code integer,
+    detail      text
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key  text             NOT NULL,
+    sent double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- Sliding 60-second log shared by every process: 0 when a send slot is taken,
+-- else the seconds until one frees up. A per-key advisory lock (held until the end of
+-- the calling statement's transaction) makes count-then-insert atomic across workers.
+CREATE OR REPLACE FUNCTION relay_rate_acquire(
+    p_key text, p_per_minute integer, p_now double precision
+) RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    n      bigint;
+    oldest double precision;
+BEGIN
+    PERFORM pg_advisory_xact_lock(726501, hashtext(p_key));
+    DELETE FROM rate_limits WHERE key = p_key AND sent <= p_now - 60.0;
+    SELECT count(*), min(sent) INTO n, oldest FROM rate_limits WHERE key = p_key;
+    IF n < p_per_minute THEN
+        INSERT INTO rate_limits (key, sent) VALUES (p_key, p_now);
+        RETURN 0.0;
+    END IF;
+    IF n > p_per_minute THEN  -- the limit was lowered: wait for the surplus to age out
+        SELECT sent INTO oldest FROM rate_limits WHERE key = p_key
+         ORDER BY sent OFFSET n - p_per_minute LIMIT 1;
+    END IF;
+    RETURN greatest(0.001, oldest + 60.0 - p_now);
+END;
+$$;

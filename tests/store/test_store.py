@@ -1,0 +1,315 @@
+"""The Store contract, run against every backend: SQLite (a file) and PostgreSQL.
+
+PostgreSQL cases need RELAY_TEST_POSTGRES_URL (set by ci-postgres.sh in CI); they
+are skipped only when it is unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from relay.conversion import Conversion, Customer
+from relay.errors import StoreError
+from relay.store import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Attempt,
+    EventRecord,
+    Settlement,
+    Store,
+    open_store,
+)
+from tests.pgdb import Databases, pg_databases  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.anyio
+
+DESTS = ("simmer", "impact")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.db'}"
+        return
+    dbs: Databases = request.getfixturevalue("pg_databases")
+    name, url = dbs.create()
+    yield url
+    dbs.drop(name)
+
+
+@pytest.fixture
+async def opener(store_url: str) -> AsyncIterator[Callable[[], Awaitable[Store]]]:
+    """Opens stores on the same database (several = several processes)."""
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = open_store(store_url)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(opener: Callable[[], Awaitable[Store]]) -> Store:
+    return await opener()
+
+
+def conversion(order: str, *, kind: str = "purchase", email: str | None = "a@example.com",
+               customer_id: str | None = None) -> Conversion:
+    return Conversion(
+        source="stripe", kind=kind, order_key=order, occurred_at=datetime.now(UTC),
+        currency="USD", total=Decimal("49.00"), customer=Customer(email=email, id=customer_id),
+    )
+
+
+def event(event_id: str, received_at: float | None = None) -> EventRecord:
+    return EventRecord("stripe", event_id, "checkout.session.completed",
+                       time.time() if received_at is None else received_at, b'{"id": "x"}')
+
+
+def everywhere(_: Conversion) -> tuple[str, ...]:
+    return DESTS
+
+
+async def test_record_dedupes_events_and_conversions(store: Store) -> None:
+    first = await store.record(event("evt_1"), [conversion("cs_1")], everywhere)
+    assert not first.duplicate and len(first.conversions) == 1 and first.deliveries == 2
+    again = await store.record(event("evt_1"), [conversion("cs_1")], everywhere)
+    assert again.duplicate and again.deliveries == 0
+    # the same purchase through a new event id: one conversion, no new deliveries
+    other = await store.record(event("evt_2"), [conversion("cs_1")], everywhere)
+    assert not other.duplicate and not other.conversions and len(other.known) == 1
+    assert other.deliveries == 0
+    # another kind for the same order is another conversion
+    refund = await store.record(event("evt_3"), [conversion("cs_1", kind="refund")], everywhere)
+    assert len(refund.conversions) == 1
+    rows = await store.deliveries(limit=100)
+    assert sorted((r.kind, r.destination) for r in rows) == [
+        ("purchase", "impact"), ("purchase", "simmer"), ("refund", "impact"), ("refund", "simmer")
+    ]
+    assert {r.status for r in rows} == {PENDING}
+
+
+async def test_new_customer_derived_from_customer_key(store: Store) -> None:
+    now = time.time()
+    first = await store.record(event("e1", now), [conversion("o1", customer_id="cus_1")], everywhere)
+    second = await store.record(event("e2", now), [conversion("o2", customer_id="cus_1")], everywhere)
+    by_email = await store.record(event("e3", now), [conversion("o3", email="B@Example.com ")],
+                                  everywhere)
+    again = await store.record(event("e4", now), [conversion("o4", email="b@example.com")],
+                               everywhere)
+    assert first.conversions[0].new_customer is True
+    assert second.conversions[0].new_customer is False
+    assert by_email.conversions[0].new_customer is True
+    assert again.conversions[0].new_customer is False
+    claims = await store.claim(["simmer"], 10, 30, now + 1)
+    stored = {c.conversion.order_key: c.conversion.new_customer for c in claims}
+    assert stored == {"o1": True, "o2": False, "o3": True, "o4": False}
+
+
+async def test_claim_lease_expiry_and_recovery(store: Store) -> None:
+    now = time.time()
+    await store.record(event("e1", now), [conversion("o1")], everywhere)
+    claims = await store.claim(["simmer"], 10, 5.0, now)
+    assert [(c.destination, c.attempt, c.recovered) for c in claims] == [("simmer", 1, False)]
+    assert claims[0].conversion.order_key == "o1"
+    assert claims[0].created_at == pytest.approx(now)
+    assert await store.claim(["simmer"], 10, 5.0, now + 1) == []  # leased
+    assert await store.next_due(["simmer"]) == pytest.approx(now + 5.0)
+    # the worker died: the lease runs out and another claim takes it over
+    again = await store.claim(["simmer"], 10, 5.0, now + 6)
+    assert [(c.delivery_id, c.attempt, c.recovered) for c in again] == [
+        (claims[0].delivery_id, 2, True)
+    ]
+    # the first worker's late result is refused: it lost the lease
+    assert not await store.settle(claims[0], Settlement(DELIVERED, status_code=200), now + 7)
+    assert await store.settle(again[0], Settlement(
+        DELIVERED, status_code=201, attempt=Attempt(now + 6, 12.5, "delivered", 201)), now + 7)
+    [row] = await store.deliveries(destination="simmer")
+    assert (row.status, row.attempts, row.last_status_code, row.next_attempt_at) == (
+        DELIVERED, 2, 201, None)
+    # settled twice? no: the lease is gone
+    assert not await store.settle(again[0], Settlement(FAILED, error="late"), now + 8)
+
+
+async def test_settle_retry_and_deferral(store: Store) -> None:
+    now = time.time()
+    await store.record(event("e1", now), [conversion("o1")], everywhere)
+    [c] = await store.claim(["impact"], 10, 30, now)
+    assert await store.settle(c, Settlement(
+        PENDING, next_attempt_at=now + 100, error="HTTP 503", status_code=503,
+        attempt=Attempt(now, 3.0, "retry", 503, "busy")), now + 1)
+    [row] = await store.deliveries(destination="impact")
+    assert (row.status, row.attempts, row.last_error, row.last_status_code) == (
+        PENDING, 1, "HTTP 503", 503)
+    assert row.next_attempt_at == pytest.approx(now + 100)
+    assert await store.claim(["impact"], 10, 30, now + 50) == []
+    assert await store.next_due(["impact"]) == pytest.approx(now + 100)
+    [c2] = await store.claim(["impact"], 10, 30, now + 100)
+    assert (c2.attempt, c2.recovered) == (2, False)
+    # a rate-limit deferral does not spend an attempt
+    assert await store.settle(c2, Settlement(
+        PENDING, next_attempt_at=now + 130, count_attempt=False), now + 101)
+    [row] = await store.deliveries(destination="impact")
+    assert row.attempts == 1 and row.last_error == "HTTP 503"
+    [c3] = await store.claim(["impact"], 10, 30, now + 130)
+    assert c3.attempt == 2
+
+
+async def test_next_due_is_earliest_claimable(store: Store) -> None:
+    assert await store.next_due(["simmer"]) is None
+    assert await store.next_due([]) is None
+    now = time.time()
+    await store.record(event("e1", now), [conversion("o1")], everywhere)
+    await store.record(event("e2", now + 2), [conversion("o2")], everywhere)
+    assert await store.next_due(["simmer", "impact"]) == pytest.approx(now)
+    assert await store.next_due(["nowhere"]) is None
+    await store.claim(["simmer"], 1, 10, now + 3)  # leases o1 until now + 13
+    assert await store.next_due(["simmer"]) == pytest.approx(now + 2)
+
+
+async def test_requeue_failed(store: Store) -> None:
+    now = time.time()
+    await store.record(event("e1", now), [conversion("o1"), conversion("o2")], everywhere)
+    claims = await store.claim(list(DESTS), 10, 30, now)
+    assert len(claims) == 4
+    for c in claims:
+        status = FAILED if c.destination == "impact" else DELIVERED
+        assert await store.settle(c, Settlement(status, error="HTTP 400: bad"), now + 1)
+    failed = await store.deliveries(status=FAILED)
+    assert len(failed) == 2 and all(r.last_error == "HTTP 400: bad" for r in failed)
+    assert await store.requeue([failed[0].id], now=now + 2) == 1
+    assert await store.requeue(destination="simmer", now=now + 2) == 0  # delivered stays
+    assert await store.requeue(now=now + 3) == 1
+    rows = await store.deliveries(destination="impact")
+    assert [(r.status, r.attempts) for r in rows] == [(PENDING, 0), (PENDING, 0)]
+    again = await store.claim(["impact"], 10, 30, now + 3)
+    assert sorted(c.attempt for c in again) == [1, 1]
+
+
+async def test_stats(store: Store) -> None:
+    now = time.time()
+    assert await store.stats(now) == {"by_status": {}, "oldest_pending_age": 0.0}
+    await store.record(event("e1", now - 30), [conversion("o1")], everywhere)
+    await store.record(event("e2", now - 10), [conversion("o2")], everywhere)
+    [c] = await store.claim(["simmer"], 1, 30, now)
+    await store.settle(c, Settlement(DELIVERED, status_code=200), now)
+    stats = await store.stats(now)
+    assert stats["by_status"] == {("simmer", DELIVERED): 1, ("simmer", PENDING): 1,
+                                  ("impact", PENDING): 2}
+    assert stats["oldest_pending_age"] == pytest.approx(30, abs=0.01)
+
+
+async def test_rate_limit_is_shared_between_instances(opener) -> None:
+    one, two = await opener(), await opener()
+    now = time.time()
+    granted = [await (one if i % 2 else two).rate_acquire("simmer", 5, now + i * 0.1)
+               for i in range(5)]
+    assert granted == [0.0] * 5
+    wait = await one.rate_acquire("simmer", 5, now + 1)
+    assert wait == pytest.approx(59.0, abs=0.01)  # the first slot frees at now + 60
+    assert await two.rate_acquire("simmer", 5, now + 1) == pytest.approx(59.0, abs=0.01)
+    assert await two.rate_acquire("impact", 5, now + 1) == 0.0  # keys are separate
+    assert await two.rate_acquire("simmer", 5, now + 60.05) == 0.0  # sliding window
+    # the limit lowered: wait for the surplus to age out
+    # log now: +0.2, +0.3, +0.4, +60.05; the 2nd newest beyond the limit frees at +60.4
+    assert await one.rate_acquire("simmer", 2, now + 60.15) == pytest.approx(0.25, abs=0.01)
+
+
+async def test_rate_limit_holds_under_concurrency(opener) -> None:
+    one, two = await opener(), await opener()
+    now = time.time()
+    results = await asyncio.gather(
+        *[(one if i % 2 else two).rate_acquire("simmer", 10, now) for i in range(40)]
+    )
+    assert sum(1 for r in results if r == 0.0) == 10
+
+
+async def test_concurrent_claims_never_overlap(opener) -> None:
+    one, two = await opener(), await opener()
+    now = time.time()
+    for i in range(60):
+        await one.record(event(f"e{i}", now), [conversion(f"o{i}")], everywhere)
+
+    async def drain(store: Store) -> list[int]:
+        got: list[int] = []
+        while True:
+            claims = await store.claim(list(DESTS), 7, 60, now)
+            if not claims:
+                return got
+            got.extend(c.delivery_id for c in claims)
+
+    results = await asyncio.gather(*[drain(s) for s in (one, two, one, two)])
+    ids = [i for r in results for i in r]
+    assert len(ids) == 120 and len(set(ids)) == 120
+
+
+@pytest.mark.postgres
+async def test_postgres_unavailable_raises_store_error() -> None:
+    from relay.store.postgres import PostgresStore
+    from tests.emulators.base import free_port
+
+    store = PostgresStore(f"postgres://relay:s3cret-pw@127.0.0.1:{free_port()}/relay")
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    assert "s3cret-pw" not in str(info.value)
+    with pytest.raises(StoreError):
+        await store.ping()
+    with pytest.raises(StoreError):
+        await store.claim(["simmer"], 1, 1, time.time())
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_created_by_many_processes_at_once(pg_databases) -> None:  # noqa: F811
+    from relay.store.postgres import PostgresStore
+
+    name, url = pg_databases.create(empty=True)
+    stores = [PostgresStore(url) for _ in range(6)]
+    try:
+        await asyncio.gather(*[s.open() for s in stores])
+        for s in stores:
+            await s.ping()
+        await stores[0].record(event("e1"), [conversion("o1")], everywhere)
+        assert len(await stores[1].deliveries()) == 2
+    finally:
+        for s in stores:
+            await s.close()
+        pg_databases.drop(name)
+
+
+@pytest.mark.postgres
+async def test_postgres_watch_wakes_other_instances(pg_databases) -> None:  # noqa: F811
+    from relay.store.postgres import PostgresStore
+
+    name, url = pg_databases.create()
+    web, worker = PostgresStore(url), PostgresStore(url)
+    woke = asyncio.Event()
+    try:
+        await web.open()
+        await worker.open()
+        await worker.watch(woke.set)
+        await asyncio.sleep(0.05)
+        woke.clear()
+        await web.record(event("e1"), [conversion("o1")], everywhere)
+        await asyncio.wait_for(woke.wait(), 5)
+    finally:
+        await web.close()
+        await worker.close()
+        pg_databases.drop(name)
