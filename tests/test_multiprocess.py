@@ -42,10 +42,11 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DATABASE_URL"))}
         env.update(self.env)
         env.setdefault("PYTHONPATH", str(REPO))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "worker"], cwd=self.workdir, env=env,
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "worker"], cwd=self.workdir, env=env,
+                stdout=out, stderr=subprocess.STDOUT,
+            )
         return self
 
     def alive(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -117,7 +117,10 @@ class Emulator:
     # -------------------------------------------------------------- serving
 
     async def _endpoint(self, request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the relay died mid-request (crash tests)
+            return Response(status_code=499)
         seen = Seen(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()}, body)
         self.requests.append(seen)
         if self.delay:
