@@ -124,10 +124,7 @@ class Worker:
                     claims = []
                     await self._sleep(min(s.poll_seconds, 1.0))
                 for group in self._groups(claims):
-                    if len(group) == 1:
-                        task = asyncio.create_task(self._deliver(group[0]))
-                    else:
-                        task = asyncio.create_task(self._deliver_batch(group))
+                    task = asyncio.create_task(self._deliver(group))
                     self._inflight[task] = group[0]
                     task.add_done_callback(self._done)
                 claimed = len(claims)
@@ -198,65 +195,90 @@ class Worker:
             group.append(claim)
         return groups
 
-    # ------------------------------------------------------------ batched delivery
+    # ------------------------------------------------------------ delivery
 
-    async def _deliver_batch(self, claims: list[Claim]) -> None:
-        """Several deliveries of one batching destination in one request.
+    async def _deliver(self, claims: list[Claim]) -> None:
+        """Deliver claims of one destination: one request for a single claim, one batch
+        request (`build_batch`) for several claims of a batching destination.
 
-        Each claim goes through the same gates as `_deliver` (recovered and not
-        resendable → ambiguous; Skip → skipped); the rest share one request,
-        one rate slot and one response, and each is settled from it."""
-        dest = self.destinations[claims[0].destination]
+        Each claim passes the same gates first (a recovered claim of a destination that
+        cannot take a resend → ambiguous; enrichment; a Skip → skipped); the rest share
+        one rate slot, one request and one response, and each is settled from it."""
+        name = claims[0].destination
+        dest = self.destinations[name]
+        unsettled = list(claims)
         started = time.time()
-        ready: list[tuple[Claim, Conversion]] = []
-        now = datetime.now(UTC)
-        for claim in claims:
-            tag = _tag(claim)
-            if claim.recovered and not dest.resend_ambiguous:
-                detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
-                await self._settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
-                    started, 0.0, "ambiguous", None, detail)), tag)
-                continue
-            conv = claim.conversion
-            if self.enrich is not None:
-                conv = await self.enrich(conv, claim.destination)
-            built = dest.build(conv, now)
-            if isinstance(built, Skip):
-                status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
-                await self._settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
-                    started, 0.0, "skipped", None, built.reason)), tag)
-                continue
-            ready.append((claim, conv))
-        if not ready:
-            return
-        if len(ready) == 1:
-            request = dest.build(ready[0][1], now)
-            assert not isinstance(request, Skip)
-        else:
-            request = dest.build_batch([conv for _, conv in ready], now)
-        per_minute = dest.settings.rate_limit_per_minute
-        if per_minute:
-            wait = await self._rate_slot(claims[0].destination, per_minute)
-            if wait > 0:
-                for claim, _ in ready:
-                    await self._settle(claim, Settlement(
-                        S_PENDING, next_attempt_at=time.time() + wait, error=None,
-                        count_attempt=False), _tag(claim))
-                return
-        started = time.time()
-        sending = True
+        sending = False
+
+        async def settle(claim: Claim, settlement: Settlement, elapsed: float = 0.0) -> None:
+            unsettled.remove(claim)
+            await self._settle(claim, settlement, _tag(claim), elapsed)
+
         try:
-            outcome, code, ambiguous = await self._send(claims[0].destination, dest, request)
+            now = datetime.now(UTC)
+            ready: list[tuple[Claim, Conversion, httpx.Request]] = []
+            for claim in claims:
+                if claim.recovered and not dest.resend_ambiguous:
+                    detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
+                    await settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
+                        started, 0.0, "ambiguous", None, detail)))
+                    continue
+                conv = claim.conversion
+                if self.enrich is not None:
+                    try:
+                        conv = await self.enrich(conv, name)
+                    except Exception as exc:  # never lose a delivery to a failed look-up
+                        log.warning("enrich failed %s (%s); delivering without it",
+                                    _tag(claim), type(exc).__name__)
+                built = dest.build(conv, now)
+                if isinstance(built, Skip):
+                    status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
+                    await settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
+                        started, 0.0, "skipped", None, built.reason)))
+                    continue
+                ready.append((claim, conv, built))
+            if not ready:
+                return
+            if len(ready) == 1:
+                request = ready[0][2]
+            else:
+                request = dest.build_batch([conv for _, conv, _ in ready], now)
+            per_minute = dest.settings.rate_limit_per_minute
+            if per_minute:
+                wait = await self._rate_slot(name, per_minute)
+                if wait > 0:
+                    # Stop claiming for this destination until a slot frees up.
+                    self._pause(name, wait)
+                    for claim, _, _ in ready:
+                        await settle(claim, Settlement(
+                            S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False))
+                    return
+            started = time.time()
+            sending = True
+            outcome, code, ambiguous = await self._send(name, dest, request)
             sending = False
             elapsed = (time.time() - started) * 1000
-            for claim, _ in ready:
-                detail = f"batch of {len(ready)}: {outcome.detail}" if len(ready) > 1 else outcome.detail
+            for claim, _, _ in ready:
+                detail = outcome.detail
+                if len(ready) > 1:
+                    detail = f"batch of {len(ready)}: {detail}"
+                unsettled.remove(claim)
                 await self._conclude(claim, dest, Outcome(outcome.kind, detail, outcome.retry_after),
                                      code, ambiguous, started, elapsed, _tag(claim))
         except asyncio.CancelledError:
-            for claim, _ in ready:
+            # Shutdown: hand the deliveries back. A request cut off mid-send is ambiguous.
+            for claim in list(unsettled):
                 await self._hand_back(claim, dest, sending, started)
             raise
+        except Exception as exc:  # a bug or a store failure: hand them back for a later try
+            log.exception("delivery error destination=%s", name)
+            detail = f"internal error: {_err(exc)}"
+            for claim in list(unsettled):
+                with contextlib.suppress(Exception):
+                    await self.store.settle(claim, Settlement(
+                        S_PENDING, next_attempt_at=time.time() + self.settings.retry_base_seconds,
+                        error=detail, count_attempt=sending,
+                        attempt=Attempt(started, 0.0, "error", None, detail)), time.time())
 
     async def _send(
         self, name: str, dest: Destination, request: httpx.Request
@@ -281,82 +303,6 @@ class Worker:
             settlement = Settlement(S_PENDING, next_attempt_at=time.time(), count_attempt=sending)
         with contextlib.suppress(Exception):
             await asyncio.shield(self.store.settle(claim, settlement, time.time()))
-
-    # ------------------------------------------------------------ one delivery
-
-    async def _deliver(self, claim: Claim) -> None:
-        dest = self.destinations[claim.destination]
-        conv = claim.conversion
-        tag = f"destination={claim.destination} order={conv.order_key} attempt={claim.attempt}"
-        started = time.time()
-        sending = False
-        try:
-            if claim.recovered and not dest.resend_ambiguous:
-                detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
-                await self._settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
-                    started, 0.0, "ambiguous", None, detail)), tag)
-                return
-            if self.enrich is not None:
-                try:
-                    conv = await self.enrich(conv, claim.destination)
-                except Exception as exc:  # never lose a delivery to a failed look-up
-                    log.warning("enrich failed %s (%s); delivering without it", tag,
-                                type(exc).__name__)
-            built = dest.build(conv, datetime.now(UTC))
-            if isinstance(built, Skip):
-                status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
-                await self._settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
-                    started, 0.0, "skipped", None, built.reason)), tag)
-                return
-            per_minute = dest.settings.rate_limit_per_minute
-            if per_minute:
-                wait = await self._rate_slot(claim.destination, per_minute)
-                if wait > 0:
-                    # Stop claiming for this destination until a slot frees up.
-                    self._pause(claim.destination, wait)
-                    await self._settle(
-                        claim,
-                        Settlement(S_PENDING, next_attempt_at=time.time() + wait,
-                                   error=None, count_attempt=False),
-                        tag,
-                    )
-                    return
-            started = time.time()
-            sending = True
-            try:
-                response = await self._clients[claim.destination].send(built)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                outcome, code, ambiguous = Outcome(RETRY, f"connect: {_err(exc)}"), None, False
-            except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
-                outcome, code, ambiguous = Outcome(RETRY, f"{_kind(exc)}: {_err(exc)}"), None, True
-            else:
-                sending = False
-                await response.aread()
-                outcome, code, ambiguous = dest.classify(response), response.status_code, False
-            sending = False
-            elapsed = (time.time() - started) * 1000
-            await self._conclude(claim, dest, outcome, code, ambiguous, started, elapsed, tag)
-        except asyncio.CancelledError:
-            # Shutdown: hand the delivery back. A request cut off mid-send is ambiguous.
-            detail = "interrupted by shutdown"
-            if sending and not dest.resend_ambiguous:
-                settlement = Settlement(S_FAILED, error="ambiguous: " + detail, attempt=Attempt(
-                    started, 0.0, "ambiguous", None, detail))
-            else:
-                settlement = Settlement(
-                    S_PENDING, next_attempt_at=time.time(), count_attempt=sending
-                )
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.settle(claim, settlement, time.time()))
-            raise
-        except Exception as exc:  # a bug or a store failure: hand it back for a later try
-            log.exception("delivery error %s", tag)
-            detail = f"internal error: {_err(exc)}"
-            with contextlib.suppress(Exception):
-                await self.store.settle(claim, Settlement(
-                    S_PENDING, next_attempt_at=time.time() + self.settings.retry_base_seconds,
-                    error=detail, count_attempt=not sending,
-                    attempt=Attempt(started, 0.0, "error", None, detail)), time.time())
 
     async def _conclude(
         self,
