@@ -68,7 +68,7 @@ class Worker:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._inflight: dict[asyncio.Task[None], Claim] = {}
+        self._inflight: dict[asyncio.Task[None], int] = {}  # task → claims it holds
         self._slot_free = asyncio.Event()
         self._paused_until: dict[str, float] = {}
 
@@ -109,7 +109,7 @@ class Worker:
     async def _loop(self, names: list[str]) -> None:
         s = self.settings
         while not self._stopping.is_set():
-            free = s.concurrency - len(self._inflight)
+            free = s.concurrency - sum(self._inflight.values())
             claimed = 0
             if free > 0:
                 self._wake.clear()
@@ -125,7 +125,7 @@ class Worker:
                     await self._sleep(min(s.poll_seconds, 1.0))
                 for group in self._groups(claims):
                     task = asyncio.create_task(self._deliver(group))
-                    self._inflight[task] = group[0]
+                    self._inflight[task] = len(group)
                     task.add_done_callback(self._done)
                 claimed = len(claims)
                 if claimed == min(free, s.batch_size) and claimed:
@@ -172,7 +172,10 @@ class Worker:
         if not self._inflight:
             return
         grace = self.settings.shutdown_grace_seconds
-        log.info("worker: waiting up to %.0f s for %d in-flight deliveries", grace, len(self._inflight))
+        log.info(
+            "worker: waiting up to %.0f s for %d in-flight deliveries",
+            grace, sum(self._inflight.values()),
+        )
         _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
         for task in pending:
             task.cancel()
