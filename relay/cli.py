@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--email", default="buyer@example.com")
     p.add_argument("--anonymous-id")
     p.add_argument("--click-id")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="more passthrough metadata, e.g. pagent_session_id=…; repeatable")
 
     args = parser.parse_args(argv)
     try:
@@ -179,6 +181,7 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
         body, headers = make(
             args.source, settings, args.event,
             email=args.email, anonymous_id=args.anonymous_id, click_id=args.click_id,
+            metadata=dict(item.split("=", 1) for item in args.metadata if "=" in item),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -18,19 +18,13 @@ def stripe_event(
     event_type: str = "checkout.session.completed",
     *,
     email: str = "buyer@example.com",
-    anonymous_id: str | None = None,
-    click_id: str | None = None,
+    metadata: dict[str, str] | None = None,
     amount: int = 4900,
     currency: str = "usd",
     now: float | None = None,
 ) -> dict[str, Any]:
     now = time.time() if now is None else now
     suffix = uuid.uuid4().hex
-    metadata = {}
-    if anonymous_id:
-        metadata["simmer_anonymous_id"] = anonymous_id
-    if click_id:
-        metadata["irclickid"] = click_id
     session = {
         "id": f"cs_test_{suffix}{suffix[:26]}",
         "object": "checkout.session",
@@ -47,7 +41,7 @@ def stripe_event(
         },
         "customer_email": None,
         "livemode": False,
-        "metadata": metadata,
+        "metadata": dict(metadata or {}),
         "mode": "payment",
         "payment_intent": f"pi_{suffix[:24]}",
         "payment_status": "paid",
@@ -77,15 +71,6 @@ def sign_stripe(body: bytes, secret: str, timestamp: int | None = None) -> dict[
     return {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 
-def _attribution(anonymous_id: str | None, click_id: str | None) -> dict[str, str]:
-    out = {}
-    if anonymous_id:
-        out["simmer_anonymous_id"] = anonymous_id
-    if click_id:
-        out["irclickid"] = click_id
-    return out
-
-
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -94,8 +79,7 @@ def lemonsqueezy_event(
     event_name: str = "order_created",
     *,
     email: str = "buyer@example.com",
-    anonymous_id: str | None = None,
-    click_id: str | None = None,
+    metadata: dict[str, str] | None = None,
     amount: int = 4900,
     currency: str = "USD",
     now: float | None = None,
@@ -109,7 +93,7 @@ def lemonsqueezy_event(
             "test_mode": True,
             "event_name": event_name,
             "webhook_id": str(uuid.uuid4()),
-            "custom_data": _attribution(anonymous_id, click_id),
+            "custom_data": dict(metadata or {}),
         },
         "data": {
             "type": "orders",
@@ -154,8 +138,7 @@ def paddle_event(
     event_type: str = "transaction.completed",
     *,
     email: str = "buyer@example.com",
-    anonymous_id: str | None = None,
-    click_id: str | None = None,
+    metadata: dict[str, str] | None = None,
     amount: int = 4900,
     currency: str = "USD",
     now: float | None = None,
@@ -183,7 +166,7 @@ def paddle_event(
             "customer_id": f"ctm_{suffix}",
             "subscription_id": None,
             "currency_code": currency,
-            "custom_data": _attribution(anonymous_id, click_id) or None,
+            "custom_data": dict(metadata or {}) or None,
             "billed_at": stamp,
             "created_at": stamp,
             "updated_at": stamp,
@@ -211,8 +194,7 @@ def chargebee_event(
     event_type: str = "payment_succeeded",
     *,
     email: str = "buyer@example.com",
-    anonymous_id: str | None = None,
-    click_id: str | None = None,
+    metadata: dict[str, str] | None = None,
     amount: int = 4900,
     currency: str = "USD",
     now: float | None = None,
@@ -224,7 +206,7 @@ def chargebee_event(
         "id": f"cus_{suffix}", "first_name": "Sam", "last_name": "Buyer", "email": email,
         "object": "customer",
     }
-    for key, value in _attribution(anonymous_id, click_id).items():
+    for key, value in (metadata or {}).items():
         customer[f"cf_{key}"] = value
     return {
         "id": f"ev_{suffix}",
@@ -262,8 +244,18 @@ def chargebee_headers(username: str, password: str) -> dict[str, str]:
 
 
 def simulate(source: str, settings: Any, event: str | None, **options: Any) -> tuple[bytes, dict[str, str]]:
-    """A signed sample webhook for `source`: (body, headers)."""
-    options = {k: v for k, v in options.items() if v is not None}
+    """A signed sample webhook for `source`: (body, headers).
+
+    `anonymous_id` and `click_id` become the `simmer_anonymous_id` and `irclickid`
+    metadata; `metadata` adds any other passthrough keys (pagent ids, …)."""
+    metadata = dict(options.pop("metadata", None) or {})
+    if options.get("anonymous_id"):
+        metadata["simmer_anonymous_id"] = options["anonymous_id"]
+    if options.get("click_id"):
+        metadata["irclickid"] = options["click_id"]
+    options = {k: v for k, v in options.items()
+               if v is not None and k not in ("anonymous_id", "click_id")}
+    options["metadata"] = metadata
     if source == "stripe":
         secrets = settings.stripe.webhook_secrets
         if not secrets:
