@@ -119,7 +119,9 @@ def create_app(
         try:
             await asyncio.wait_for(relay.store.ping(), timeout=2.0)
         except (StoreError, TimeoutError) as exc:
-            return JSON({"status": "unavailable", "store": str(exc)[:200]}, status_code=503)
+            # The detail (host, user, path) goes to the log, not to an unauthenticated caller.
+            log.warning("healthz: store unavailable: %s", exc or "timeout")
+            return JSON({"status": "unavailable", "store": "not answering"}, status_code=503)
         return JSON(
             {
                 "status": "ok",
@@ -134,7 +136,8 @@ def create_app(
         try:
             body = await relay.metrics.render(relay.store)
         except StoreError as exc:
-            return JSON({"error": str(exc)[:200]}, status_code=503)
+            log.warning("metrics: store unavailable: %s", exc)
+            return JSON({"error": "store unavailable"}, status_code=503)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app = Starlette(
@@ -193,6 +196,10 @@ async def receive(relay: Relay, request: Request) -> Response:
     except PayloadError as exc:
         log.warning("webhook source=%s malformed: %s", name, exc)
         return answer("malformed", {"error": str(exc)}, 400)
+    except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as exc:
+        # A shape no check above foresaw: still the payload's fault, still a 400.
+        log.warning("webhook source=%s unreadable: %s", name, type(exc).__name__)
+        return answer("malformed", {"error": f"cannot read the {name} event"}, 400)
 
     tag = f"source={name} event={parsed.event_id} type={parsed.event_type}"
     reason = parsed.ignored

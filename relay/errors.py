@@ -4,7 +4,9 @@
     ├── ConfigError      the configuration is invalid: `relay` refuses to start
     ├── SignatureError   a webhook failed verification: 400 (401 for Basic auth), nothing stored
     ├── PayloadError     a verified webhook cannot be understood: 400, nothing stored
-    └── StoreError       the ledger cannot be read or written: 503, the processor retries
+    ├── StoreError       the ledger cannot be read or written: 503, the processor retries
+    └── EnrichmentUnavailable  a worker-side look-up (e.g. Paddle's customer email) failed
+                         for now: the delivery is retried later, not sent without it
 
 Messages never contain a secret, an email address or a full payload.
 """
@@ -36,3 +38,7 @@ class PayloadError(RelayError):
 
 class StoreError(RelayError):
     """The store failed; nothing was committed."""
+
+
+class EnrichmentUnavailable(RelayError):
+    """A look-up the delivery needs failed transiently; retry the delivery later."""

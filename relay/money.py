@@ -8,7 +8,7 @@ by calling `from_minor(amount, currency, exponent=...)` or relying on ISO.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from relay.errors import PayloadError
 
@@ -72,11 +72,11 @@ def from_minor(amount: object, currency: str, exp: int | None = None) -> Decimal
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
-    """Decimal major units → integer minor units at the ISO exponent (exact, or PayloadError)."""
-    scaled = amount.scaleb(exponent(currency))
-    if scaled != scaled.to_integral_value():
-        raise PayloadError(f"{amount} {currency} has more decimals than the currency allows")
-    return int(scaled)
+    """Decimal major units → integer minor units at the ISO exponent.
+
+    Exact for every amount a source produces; a value with more decimals than the
+    currency has (only possible from arithmetic) is rounded half-up."""
+    return int(amount.scaleb(exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def fmt(amount: Decimal, places: int | None = None) -> str:

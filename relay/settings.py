@@ -12,6 +12,7 @@ import binascii
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -137,12 +138,12 @@ class ImpactSettings(DestinationSettings):
 
 
 class PagentSettings(DestinationSettings):
-    required: ClassVar = ("api_key",)
+    required: ClassVar = ("api_key", "currency")
     api_key: SecretStr | None = None
     url: str = "https://ingest.pagent.ai"
     label: str = Field("purchase", min_length=1, max_length=200)
-    # pagent has no currency field: revenue is read in the project's currency. When
-    # set, conversions in another currency are skipped instead of mis-counted.
+    # pagent has no currency field: revenue is read in the project's currency, so it
+    # must be known; conversions in another currency are skipped, never mis-scaled.
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     kinds: CSV = ["purchase", "subscription_renewed"]
 
@@ -222,6 +223,7 @@ class AttributionSettings(BaseModel):
         return value
 
 
+URL_FIELDS = frozenset({"url", "api_base"})
 SOURCE_FIELDS = ("stripe", "lemonsqueezy", "paddle", "chargebee")
 DESTINATION_FIELDS = ("simmer", "impact", "pagent", "topmail", "converge", "webhook")
 
@@ -241,7 +243,6 @@ class Settings(BaseSettings):
     deliver_test_events: bool = False
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     log_level: str = "INFO"
-    log_format: str = "text"  # text | json
 
     stripe: StripeSettings = StripeSettings()
     lemonsqueezy: LemonSqueezySettings = LemonSqueezySettings()
@@ -321,7 +322,7 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, Any]:
         """Everything `relay check` prints, secrets masked."""
         out: dict[str, Any] = {
-            "database": _mask_url(self.store_url),
+            "database": mask_url(self.store_url),
             "port": self.listen_port,
             "deliver_test_events": self.deliver_test_events,
             "sources": {},
@@ -332,7 +333,8 @@ class Settings(BaseSettings):
                 section = getattr(self, name)
                 if section.enabled:
                     out[kind][name] = {
-                        k: _mask(v) for k, v in section.model_dump().items()
+                        k: mask_url(v) if k in URL_FIELDS and isinstance(v, str) else _mask(v)
+                        for k, v in section.model_dump().items()
                     }
         return out
 
@@ -377,10 +379,20 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def _mask_url(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
+def mask_url(url: str) -> str:
+    """A URL fit to print: password and query values hidden."""
+    if url.startswith("sqlite:"):
+        return url  # a file path holds no secret
+    parts = urlsplit(url)
+    if "@" not in parts.netloc and not parts.query:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
         user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:********@{host}"
-    return url
+        netloc = f"{user}:********@{host}" if ":" in creds else f"{user}@{host}"
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=********" if "=" in pair else pair
+        for pair in parts.query.split("&") if pair
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

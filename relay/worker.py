@@ -28,6 +28,7 @@ import httpx
 
 from relay.conversion import Conversion
 from relay.destinations import DELIVERED, FAILED, RETRY, Destination, Outcome, Skip, redact
+from relay.errors import EnrichmentUnavailable, StoreError
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings
 from relay.store import Attempt, Claim, Settlement, Store
@@ -68,7 +69,8 @@ class Worker:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._inflight: dict[asyncio.Task[None], int] = {}  # task → claims it holds
+        self._inflight: dict[asyncio.Task[None], list[Claim]] = {}  # task → claims it holds
+        self._concluding: set[asyncio.Task[None]] = set()  # settlements shielded from shutdown
         self._slot_free = asyncio.Event()
         self._paused_until: dict[str, float] = {}
 
@@ -92,10 +94,14 @@ class Worker:
             )
         await self.store.watch(self.wake)
         log.info("worker: delivering to %s", ", ".join(names))
+        heartbeat = asyncio.create_task(self._heartbeat(), name="relay-lease-heartbeat")
         try:
             await self._loop(names)
         finally:
             await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             for client in self._clients.values():
                 await client.aclose()
             self._clients.clear()
@@ -109,7 +115,7 @@ class Worker:
     async def _loop(self, names: list[str]) -> None:
         s = self.settings
         while not self._stopping.is_set():
-            free = s.concurrency - sum(self._inflight.values())
+            free = s.concurrency - sum(map(len, self._inflight.values()))
             claimed = 0
             if free > 0:
                 self._wake.clear()
@@ -125,7 +131,7 @@ class Worker:
                     await self._sleep(min(s.poll_seconds, 1.0))
                 for group in self._groups(claims):
                     task = asyncio.create_task(self._deliver(group))
-                    self._inflight[task] = len(group)
+                    self._inflight[task] = group
                     task.add_done_callback(self._done)
                 claimed = len(claims)
                 if claimed == min(free, s.batch_size) and claimed:
@@ -148,6 +154,21 @@ class Worker:
                 timeout = min(timeout, min(paused) - now)
             if timeout > 0:
                 await self._wait_any(self._wake.wait(), timeout=timeout)
+
+    async def _heartbeat(self) -> None:
+        """Extend the leases of in-flight claims, so a slow request (long timeouts, a
+        look-up, a rate-limit wait) is never taken over by another worker while this
+        one is still working on it. Only a dead worker's leases run out."""
+        lease = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            claims = [c for group in self._inflight.values() for c in group]
+            if not claims:
+                continue
+            try:
+                await self.store.extend(claims, time.time() + lease)
+            except Exception as exc:
+                log.warning("worker: could not extend leases (%s)", exc)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -174,13 +195,15 @@ class Worker:
         grace = self.settings.shutdown_grace_seconds
         log.info(
             "worker: waiting up to %.0f s for %d in-flight deliveries",
-            grace, sum(self._inflight.values()),
+            grace, sum(map(len, self._inflight.values())),
         )
         _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5)
+        if self._concluding:
+            await asyncio.wait(set(self._concluding), timeout=5)
 
     def _groups(self, claims: list[Claim]) -> list[list[Claim]]:
         """Claims of a batching destination (max_batch > 1) in chunks; others alone."""
@@ -206,20 +229,23 @@ class Worker:
 
         Each claim passes the same gates first (a recovered claim of a destination that
         cannot take a resend → ambiguous; enrichment; a Skip → skipped); the rest share
-        one rate slot, one request and one response, and each is settled from it."""
+        one rate slot, one request and one response, and each is settled from it. Once
+        a response is in hand its settlement is shielded from shutdown and retried on
+        store errors: an answered request is never handed back to be sent again."""
         name = claims[0].destination
         dest = self.destinations[name]
         unsettled = list(claims)
         started = time.time()
         sending = False
 
-        async def settle(claim: Claim, settlement: Settlement, elapsed: float = 0.0) -> None:
+        async def settle(claim: Claim, settlement: Settlement) -> None:
             unsettled.remove(claim)
-            await self._settle(claim, settlement, _tag(claim), elapsed)
+            await self._settle(claim, settlement, _tag(claim))
 
         try:
             now = datetime.now(UTC)
-            ready: list[tuple[Claim, Conversion, httpx.Request]] = []
+            ready: list[tuple[Claim, httpx.Request]] = []
+            conversions: list[Conversion] = []
             for claim in claims:
                 if claim.recovered and not dest.resend_ambiguous:
                     detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
@@ -230,7 +256,12 @@ class Worker:
                 if self.enrich is not None:
                     try:
                         conv = await self.enrich(conv, name)
-                    except Exception as exc:  # never lose a delivery to a failed look-up
+                    except EnrichmentUnavailable as exc:  # the data exists; try again later
+                        await self._conclude(claim, dest, Outcome(RETRY, str(exc)), None, False,
+                                             started, 0.0)
+                        unsettled.remove(claim)
+                        continue
+                    except Exception as exc:  # optional data: deliver without it
                         log.warning("enrich failed %s (%s); delivering without it",
                                     _tag(claim), type(exc).__name__)
                 built = dest.build(conv, now)
@@ -239,37 +270,41 @@ class Worker:
                     await settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
                         started, 0.0, "skipped", None, built.reason)))
                     continue
-                ready.append((claim, conv, built))
+                ready.append((claim, built))
+                conversions.append(conv)
             if not ready:
                 return
-            if len(ready) == 1:
-                request = ready[0][2]
-            else:
-                request = dest.build_batch([conv for _, conv, _ in ready], now)
+            request = ready[0][1] if len(ready) == 1 else dest.build_batch(conversions, now)
             per_minute = dest.settings.rate_limit_per_minute
             if per_minute:
                 wait = await self._rate_slot(name, per_minute)
                 if wait > 0:
                     # Stop claiming for this destination until a slot frees up.
                     self._pause(name, wait)
-                    for claim, _, _ in ready:
+                    for claim, _ in ready:
                         await settle(claim, Settlement(
                             S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False))
                     return
             started = time.time()
             sending = True
-            outcome, code, ambiguous = await self._send(name, dest, request)
+            result = await self._send(name, dest, request)
+            answers = [(claim, result) for claim, _ in ready]
+            if len(ready) > 1 and result[0].kind == FAILED and result[1] == 400:
+                # The batch was refused whole (nothing accepted): one bad event must not
+                # sink the others, so each goes on its own.
+                log.warning("batch of %d refused by %s (%s); sending one by one",
+                            len(ready), name, result[0].detail)
+                answers = [(claim, await self._send(name, dest, single)) for claim, single in ready]
             sending = False
             elapsed = (time.time() - started) * 1000
-            for claim, _, _ in ready:
-                detail = outcome.detail
-                if len(ready) > 1:
-                    detail = f"batch of {len(ready)}: {detail}"
-                unsettled.remove(claim)
-                await self._conclude(claim, dest, Outcome(outcome.kind, detail, outcome.retry_after),
-                                     code, ambiguous, started, elapsed, _tag(claim))
+            unsettled.clear()
+            batch = len(ready) if answers[0][1] is result else 1
+            conclusion = asyncio.create_task(self._conclude_all(dest, answers, batch, started, elapsed))
+            self._concluding.add(conclusion)
+            conclusion.add_done_callback(self._concluding.discard)
+            await asyncio.shield(conclusion)
         except asyncio.CancelledError:
-            # Shutdown: hand the deliveries back. A request cut off mid-send is ambiguous.
+            # Shutdown: hand back what was not answered. A request cut off mid-send is ambiguous.
             for claim in list(unsettled):
                 await self._hand_back(claim, dest, sending, started)
             raise
@@ -283,17 +318,41 @@ class Worker:
                         error=detail, count_attempt=sending,
                         attempt=Attempt(started, 0.0, "error", None, detail)), time.time())
 
+    async def _conclude_all(
+        self,
+        dest: Destination,
+        answers: list[tuple[Claim, tuple[Outcome, int | None, bool]]],
+        batch: int,
+        started: float,
+        elapsed: float,
+    ) -> None:
+        for claim, (outcome, code, ambiguous) in answers:
+            if batch > 1:
+                outcome = Outcome(outcome.kind, f"batch of {batch}: {outcome.detail}",
+                                  outcome.retry_after)
+            try:
+                await self._conclude(claim, dest, outcome, code, ambiguous, started, elapsed)
+            except Exception as exc:  # the store stayed down: the lease will bring it back
+                log.error("could not record the outcome of %s: %s", _tag(claim), exc)
+
     async def _send(
         self, name: str, dest: Destination, request: httpx.Request
     ) -> tuple[Outcome, int | None, bool]:
-        """Send one request: (outcome, status code, ambiguous)."""
+        """Send one request: (outcome, status code, ambiguous).
+
+        The whole exchange is bounded (twice the per-phase timeout), so a server that
+        trickles its answer cannot hold a delivery forever."""
+        deadline = 2 * dest.settings.timeout_seconds
         try:
-            response = await self._clients[name].send(request)
+            async with asyncio.timeout(deadline):
+                response = await self._clients[name].send(request)
+                await response.aread()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(RETRY, f"connect: {_err(exc)}"), None, False
         except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
             return Outcome(RETRY, f"{_kind(exc)}: {_err(exc)}"), None, True
-        await response.aread()
+        except TimeoutError:
+            return Outcome(RETRY, f"timeout: no complete answer within {deadline:.0f} s"), None, True
         return dest.classify(response), response.status_code, False
 
     async def _hand_back(self, claim: Claim, dest: Destination, sending: bool, started: float) -> None:
@@ -316,7 +375,6 @@ class Worker:
         ambiguous: bool,
         started: float,
         elapsed: float,
-        tag: str,
     ) -> None:
         label = "ambiguous" if ambiguous else outcome.kind
         attempt = Attempt(started, elapsed, label, code, outcome.detail)
@@ -348,17 +406,32 @@ class Worker:
             settlement = Settlement(
                 S_FAILED, status_code=code, error=prefix + outcome.detail, attempt=attempt
             )
-        await self._settle(claim, settlement, tag, elapsed)
+        await self._settle(claim, settlement, _tag(claim), elapsed)
 
     async def _settle(
         self, claim: Claim, settlement: Settlement, tag: str, elapsed: float = 0.0
     ) -> None:
-        ok = await self.store.settle(claim, settlement, time.time())
+        """Record a settlement, retrying store errors for about a lease (the heartbeat keeps
+        the claim ours meanwhile): a result we know must not be lost to a blip."""
+        deadline = time.time() + max(self.settings.lease_seconds, 10.0)
+        pause = 0.05
+        while True:
+            try:
+                ok = await self.store.settle(claim, settlement, time.time())
+                break
+            except StoreError as exc:
+                if time.time() + pause > deadline:
+                    raise
+                log.warning("settle %s failed (%s); retrying", tag, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
         if not ok:
             log.warning("delivery lease lost %s (another worker took it over)", tag)
             return
         if self.metrics is not None:
-            self.metrics.settled(claim.destination, settlement.status if settlement.count_attempt else "deferred")
+            self.metrics.settled(
+                claim.destination, settlement.status if settlement.count_attempt else "deferred"
+            )
         if settlement.status == S_DELIVERED:
             log.info("delivered %s status=%s ms=%.1f", tag, settlement.status_code, elapsed)
         elif settlement.status == S_PENDING and settlement.count_attempt:

@@ -66,3 +66,23 @@ def test_invalid_configuration_names_the_variable(monkeypatch, env, named):
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=named):
         load_settings()
+
+
+def test_pagent_needs_its_project_currency(monkeypatch):
+    monkeypatch.setenv("RELAY_PAGENT__API_KEY", "pk")
+    with pytest.raises(ConfigError, match="RELAY_PAGENT__CURRENCY is required"):
+        load_settings()
+    monkeypatch.setenv("RELAY_PAGENT__CURRENCY", "EUR")
+    assert load_settings().enabled_destinations() == ["pagent"]
+
+
+def test_printed_urls_hide_passwords_and_query_values(monkeypatch):
+    from relay.settings import mask_url
+
+    assert mask_url("postgresql://relay:pw@db:5432/relay?password=pw2") == (
+        "postgresql://relay:********@db:5432/relay?password=********")
+    assert mask_url("sqlite:////var/lib/relay.db?busy_timeout=100") == "sqlite:////var/lib/relay.db?busy_timeout=100"
+    monkeypatch.setenv("RELAY_WEBHOOK__URL", "https://hooks.example.org/in?token=tok123")
+    monkeypatch.setenv("RELAY_WEBHOOK__SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    described = str(load_settings().describe())
+    assert "tok123" not in described and "hooks.example.org" in described

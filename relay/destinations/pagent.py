@@ -11,8 +11,9 @@ integer in the currency's minor units (999 = $9.99, ¥800 = 800), `time` Unix
 milliseconds of the conversion, `label` from settings; absent values are
 omitted, never sent as null. Bulk: 1–100 events per request.
 
-pagent has no currency field (the value is read in the project's currency):
-with `RELAY_PAGENT__CURRENCY` set, a conversion in another currency is skipped.
+pagent has no currency field (the value is read in the project's currency), so
+`RELAY_PAGENT__CURRENCY` is required: a conversion in another currency is
+skipped rather than sent as a number pagent would misread (¥10,000 as $100).
 
 Retry policy. pagent documents no idempotency key, so a second send of the
 same event double counts. The relay therefore:
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
@@ -41,7 +41,7 @@ import orjson
 
 from relay.conversion import Conversion
 from relay.destinations import USER_AGENT, Destination, Skip
-from relay.money import exponent
+from relay.money import to_minor
 from relay.settings import PagentSettings
 
 MAX_BATCH = 100
@@ -49,11 +49,6 @@ MAX_BATCH = 100
 
 def unix_ms(moment: datetime) -> int:
     return int(moment.timestamp()) * 1000 + moment.microsecond // 1000
-
-
-def minor_units(amount: Decimal, currency: str) -> int:
-    """Integer minor units, half-up when the amount has more decimals than the currency."""
-    return int(amount.scaleb(exponent(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 class Pagent(Destination):
@@ -86,7 +81,7 @@ class Pagent(Destination):
                 )
             if conversion.total < 0:
                 return Skip("negative revenue")
-            event["revenue"] = minor_units(conversion.total, conversion.currency)
+            event["revenue"] = to_minor(conversion.total, conversion.currency)
         event["time"] = unix_ms(conversion.occurred_at)
         event["properties"] = {
             "source": conversion.source,

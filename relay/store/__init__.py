@@ -14,6 +14,7 @@ Delivery life cycle:
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,11 @@ class Store(abc.ABC):
         """Record an attempt's result; False when the lease was lost (someone else owns it)."""
 
     @abc.abstractmethod
+    async def extend(self, claims: Sequence[Claim], until: float) -> None:
+        """Push the leases of these in-flight claims to `until` (the worker's heartbeat);
+        a claim whose lease was lost is left alone."""
+
+    @abc.abstractmethod
     async def next_due(self, destinations: Sequence[str]) -> float | None:
         """The earliest time a delivery for these destinations becomes claimable."""
 
@@ -162,6 +168,15 @@ class Store(abc.ABC):
 
         The window is shared by every process using this store."""
         raise NotImplementedError
+
+
+def customer_key(conversion: Conversion) -> str | None:
+    if conversion.customer.id:
+        return "id:" + conversion.customer.id
+    if conversion.customer.email:
+        email = conversion.customer.email.strip().lower()
+        return "email:" + hashlib.sha256(email.encode()).hexdigest()
+    return None
 
 
 def open_store(url: str) -> Store:

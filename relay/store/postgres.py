@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
@@ -43,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
+from relay.settings import mask_url
 from relay.store import (
     FAILED,
     PENDING,
@@ -52,8 +52,8 @@ from relay.store import (
     Recorded,
     Settlement,
     Store,
+    customer_key,
 )
-from relay.store.sqlite import customer_key
 
 log = logging.getLogger("relay.store")
 SCHEMA_VERSION = 1
@@ -73,11 +73,6 @@ CONNECT_OPTIONS = {
 }
 LISTEN_HEALTH_SECONDS = 30.0  # the listener checks its connection this often when idle
 LISTEN_BACKOFF = (0.2, 10.0)  # first and longest wait between listener reconnects
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by asterisks."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:********@", url)
 
 
 class PostgresStore(Store):
@@ -342,6 +337,17 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
         return bool(row and row[0])
+
+    async def extend(self, claims: Sequence[Claim], until: float) -> None:
+        if not claims:
+            return
+        async with self._conn("lease extension failed") as conn:
+            await conn.execute(
+                "UPDATE deliveries d SET lease_until = %s"
+                " FROM unnest(%s::bigint[], %s::text[]) AS t (id, token)"
+                " WHERE d.id = t.id AND d.lease_token = t.token AND d.status = 'pending'",
+                (until, [c.delivery_id for c in claims], [c.lease_token for c in claims]),
+            )
 
     async def next_due(self, destinations: Sequence[str]) -> float | None:
         if not destinations:

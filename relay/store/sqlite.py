@@ -17,7 +17,7 @@ worker`): writes take the lock with BEGIN IMMEDIATE and wait `busy_timeout`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -40,21 +40,13 @@ from relay.store import (
     Recorded,
     Settlement,
     Store,
+    customer_key,
 )
 
 log = logging.getLogger("relay.store")
 SCHEMA_VERSION = 1
 MAX_BATCH = 512
 T = TypeVar("T")
-
-
-def customer_key(conversion: Conversion) -> str | None:
-    if conversion.customer.id:
-        return "id:" + conversion.customer.id
-    if conversion.customer.email:
-        email = conversion.customer.email.strip().lower()
-        return "email:" + hashlib.sha256(email.encode()).hexdigest()
-    return None
 
 
 class SQLiteStore(Store):
@@ -146,39 +138,46 @@ class SQLiteStore(Store):
                     stop = True
                     break
                 batch.append(nxt)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            except Exception:  # never let the writer thread die: callers would hang
+                log.exception("sqlite writer: unexpected error")
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[Any, Any, BaseException | None]] = []
+        """Run a batch in one transaction, each call in its own savepoint, one commit.
+
+        Every caller is answered whatever happens, and the thread survives: if SQLite
+        abandons the whole transaction (disk full, I/O error), every call of the batch
+        fails, including those that had succeeded, since nothing of them is durable."""
+        results: list[tuple[Any, Any, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            err = StoreError(f"database is unavailable: {exc}")
             for fn, args, loop, fut in batch:
-                loop.call_soon_threadsafe(_resolve, fut, None, err)
-            return
-        for fn, args, loop, fut in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                value = fn(conn, *args)
-                conn.execute("RELEASE op")
-                results.append((loop, fut, value, None))
-            except Exception as exc:  # one bad call must not sink the batch
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                if not isinstance(exc, StoreError):
-                    exc = StoreError(f"database error: {exc}")
-                results.append((loop, fut, None, exc))
-        try:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn, *args)
+                    conn.execute("RELEASE op")
+                    results.append((loop, fut, value, None))
+                except Exception as exc:  # one bad call must not sink the batch
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if not isinstance(exc, StoreError):
+                        exc = StoreError(f"database error: {exc}")
+                    results.append((loop, fut, None, exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            err = StoreError(f"commit failed: {exc}")
-            results = [(lp, f, None, err) for lp, f, _, _ in results]
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            log.error("sqlite transaction failed: %s", exc)
+            err = StoreError(f"database is unavailable: {exc}")
+            results = [(loop, fut, None, err) for _, _, loop, fut in batch]
         for loop, fut, value, error in results:
-            loop.call_soon_threadsafe(_resolve, fut, value, error)
+            with contextlib.suppress(RuntimeError):  # that caller's event loop is gone
+                loop.call_soon_threadsafe(_resolve, fut, value, error)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None or self._closed or not self._thread.is_alive():
@@ -211,6 +210,10 @@ class SQLiteStore(Store):
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
         return await self._call(_settle, claim, settlement, now)
 
+    async def extend(self, claims: Sequence[Claim], until: float) -> None:
+        if claims:
+            await self._call(_extend, [(until, c.delivery_id, c.lease_token) for c in claims])
+
     async def next_due(self, destinations: Sequence[str]) -> float | None:
         if not destinations:
             return None
@@ -234,7 +237,7 @@ class SQLiteStore(Store):
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if fut.done():
+    if fut.done():  # the caller gave up (cancelled)
         return
     if error is not None:
         fut.set_exception(error)
@@ -398,6 +401,14 @@ def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -
             ),
         )
     return True
+
+
+def _extend(conn: sqlite3.Connection, rows: list[tuple[float, int, str]]) -> None:
+    conn.executemany(
+        "UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_token = ?"
+        " AND status = 'pending'",
+        rows,
+    )
 
 
 def _next_due(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> float | None:

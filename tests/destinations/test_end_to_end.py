@@ -28,6 +28,7 @@ def full_env(db: Path, simmer, impact, pagent_emu, topmail_emu, converge_emu, we
     env = core_env(db, simmer.url, impact.url)
     env.update({
         "RELAY_PAGENT__API_KEY": PAGENT_KEY,
+        "RELAY_PAGENT__CURRENCY": "USD",
         "RELAY_PAGENT__URL": pagent_emu.url,
         "RELAY_TOPMAIL__API_KEY": TOPMAIL_KEY,
         "RELAY_TOPMAIL__URL": topmail_emu.url,

@@ -196,7 +196,7 @@ def test_settings_enable_all_six_and_mask_secrets(monkeypatch):
     from relay.settings import load_settings
 
     for key, value in {
-        "RELAY_PAGENT__API_KEY": "pk", "RELAY_TOPMAIL__API_KEY": "tm_test_k",
+        "RELAY_PAGENT__API_KEY": "pk", "RELAY_PAGENT__CURRENCY": "USD", "RELAY_TOPMAIL__API_KEY": "tm_test_k",
         "RELAY_TOPMAIL__SUBSCRIPTION_TYPE": "upgrade",
         "RELAY_CONVERGE__POSTBACK_URL": "https://app.runconverge.com/api/webhooks/secretpath",
         "RELAY_WEBHOOK__URL": "https://example.org/hook", "RELAY_WEBHOOK__SECRET": WEBHOOK_SECRET,
@@ -214,3 +214,13 @@ def test_settings_enable_all_six_and_mask_secrets(monkeypatch):
     monkeypatch.setenv("RELAY_TOPMAIL__ATTRIBUTION_WINDOW", "91")
     with pytest.raises(Exception, match="RELAY_TOPMAIL__ATTRIBUTION_WINDOW"):
         load_settings()
+
+
+def test_pagent_batch_refused_whole_is_resent_one_by_one(tmp_path: Path, pagent_emu):
+    pagent_emu.requests.clear()
+    dest = Pagent(PagentSettings(api_key=PAGENT_KEY, url=pagent_emu.url))
+    pagent_emu.fail_next(1, 400, body={"error": "events[1]: invalid"})  # nothing of the batch counted
+    rows = deliver(tmp_path / "e.db", {"pagent": dest}, [sample() for _ in range(3)])
+    assert [r.status for r in rows] == ["delivered"] * 3
+    paths = [s.path for s in pagent_emu.requests]
+    assert paths == ["/v2/conversions/bulk"] + ["/v2/conversions"] * 3

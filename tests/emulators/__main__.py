@@ -55,6 +55,7 @@ def main() -> None:
         "RELAY_IMPACT__EVENT_TYPE_ID": "9876",
         "RELAY_IMPACT__URL": emus["impact"].url,
         "RELAY_PAGENT__API_KEY": KEYS["pagent"],
+        "RELAY_PAGENT__CURRENCY": "USD",
         "RELAY_PAGENT__URL": emus["pagent"].url,
         "RELAY_TOPMAIL__API_KEY": KEYS["topmail"],
         "RELAY_TOPMAIL__URL": emus["topmail"].url,

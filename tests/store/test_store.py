@@ -313,3 +313,18 @@ async def test_postgres_watch_wakes_other_instances(pg_databases) -> None:  # no
         await web.close()
         await worker.close()
         pg_databases.drop(name)
+
+
+async def test_heartbeat_extends_a_live_lease_only(opener) -> None:
+    a = await opener()
+    b = await opener()
+    await a.record(event("evt_hb"), [conversion("ord_hb")], everywhere)
+    now = time.time()
+    claims = await a.claim(["simmer"], 10, 1.0, now)
+    assert len(claims) == 1
+    await a.extend(claims, now + 60)  # the worker is still busy with it
+    assert await b.claim(["simmer"], 10, 1.0, now + 5) == []  # not taken over
+    taken = await b.claim(["simmer"], 10, 1.0, now + 61)  # its worker died: lease ran out
+    assert len(taken) == 1 and taken[0].recovered
+    await a.extend(claims, now + 500)  # the old token no longer extends anything
+    assert await b.settle(taken[0], Settlement(DELIVERED), now + 62)
