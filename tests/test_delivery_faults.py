@@ -162,7 +162,9 @@ def test_store_unavailable_answers_503_then_recovers(tmp_path, simmer, impact, r
         response = relay.post_stripe(event)
         assert response.status_code == 503
         assert "retry" in response.json()["error"]
-        assert httpx.get(relay.url + "/healthz").status_code == 503
+        health = httpx.get(relay.url + "/healthz")
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "store": "not answering"}  # no path, no detail
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -205,3 +207,14 @@ def test_invalid_configuration_fails_at_start_naming_the_variable(tmp_path: Path
     relay.env["RELAY_WORKER__CONCURRENCY"] = "lots"
     result = relay.cli("serve", check=False)
     assert result.returncode != 0 and "RELAY_WORKER__CONCURRENCY" in result.stderr
+
+
+def test_a_slow_destination_keeps_its_lease(relay, simmer, impact):
+    # The lease is 3 s in these tests; Simmer takes 4.5 s to answer. The worker's
+    # heartbeat keeps the claim, so nobody (not even this worker) sends it twice.
+    simmer.delay = 4.5
+    relay.post_stripe(checkout_event(metadata={"irclickid": "c"}))
+    wait_until(lambda: simmer.accepted, timeout=20, message="slow delivery")
+    time.sleep(1.0)
+    assert len(simmer.requests) == 1
+    assert [r["status"] for r in relay.deliveries(destination="simmer")] == ["delivered"]
