@@ -16,7 +16,7 @@ import orjson
 from relay import logs
 from relay.errors import ConfigError, StoreError
 from relay.settings import Settings, load_settings
-from relay.store import STATUSES, open_store
+from relay.store import FAILED, SKIPPED, STATUSES, open_store
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    p = sub.add_parser("retry", help="requeue dead-lettered (failed) deliveries")
-    p.add_argument("ids", nargs="*", type=int)
+    p = sub.add_parser("retry", help="requeue dead-lettered (failed) or skipped deliveries")
+    p.add_argument("ids", nargs="*", type=int, help="these deliveries (failed or skipped)")
     p.add_argument("--failed", action="store_true", help="every failed delivery")
+    p.add_argument("--skipped", action="store_true",
+                   help="every skipped delivery (after fixing what made it unsendable)")
     p.add_argument("--destination")
 
     p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
@@ -157,14 +159,18 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def retry(settings: Settings, args: argparse.Namespace) -> None:
-    if not args.ids and not args.failed:
-        raise ConfigError("give delivery ids, or --failed for every failed delivery")
+    if not args.ids and not args.failed and not args.skipped:
+        raise ConfigError("give delivery ids, or --failed / --skipped")
+    if args.ids:
+        statuses = (FAILED, SKIPPED)
+    else:
+        statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
     async def run() -> int:
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await store.requeue(args.ids, args.destination, time.time())
+            return await store.requeue(args.ids, args.destination, time.time(), statuses)
         finally:
             await store.close()
 

@@ -147,9 +147,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def requeue(
-        self, ids: Sequence[int] = (), destination: str | None = None, now: float = 0.0
+        self,
+        ids: Sequence[int] = (),
+        destination: str | None = None,
+        now: float = 0.0,
+        statuses: Sequence[str] = (FAILED,),
     ) -> int:
-        """Put failed deliveries (these ids, or all failed ones) back to pending, now."""
+        """Put deliveries in `statuses` (these ids, or all of them) back to pending, now,
+        with a fresh attempt budget."""
 
     @abc.abstractmethod
     async def stats(self, now: float) -> dict[str, Any]:

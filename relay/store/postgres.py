@@ -388,10 +388,14 @@ class PostgresStore(Store):
         return [DeliveryRow(*row) for row in rows]
 
     async def requeue(
-        self, ids: Sequence[int] = (), destination: str | None = None, now: float = 0.0
+        self,
+        ids: Sequence[int] = (),
+        destination: str | None = None,
+        now: float = 0.0,
+        statuses: Sequence[str] = (FAILED,),
     ) -> int:
-        where = [sql.SQL("status = %s")]
-        args: list[Any] = [FAILED]
+        where = [sql.SQL("status = ANY(%s)")]
+        args: list[Any] = [list(statuses)]
         if ids:
             where.append(sql.SQL("id = ANY(%s)"))
             args.append([int(i) for i in ids])

@@ -225,9 +225,13 @@ class SQLiteStore(Store):
         return await self._call(_deliveries, status, destination, limit)
 
     async def requeue(
-        self, ids: Sequence[int] = (), destination: str | None = None, now: float = 0.0
+        self,
+        ids: Sequence[int] = (),
+        destination: str | None = None,
+        now: float = 0.0,
+        statuses: Sequence[str] = (FAILED,),
     ) -> int:
-        return await self._call(_requeue, tuple(ids), destination, now)
+        return await self._call(_requeue, tuple(ids), destination, now, tuple(statuses))
 
     async def stats(self, now: float) -> dict[str, Any]:
         return await self._call(_stats, now)
@@ -443,9 +447,13 @@ def _deliveries(
 
 
 def _requeue(
-    conn: sqlite3.Connection, ids: tuple[int, ...], destination: str | None, now: float
+    conn: sqlite3.Connection,
+    ids: tuple[int, ...],
+    destination: str | None,
+    now: float,
+    statuses: tuple[str, ...],
 ) -> int:
-    where, args = ["status = ?"], [FAILED]
+    where, args = [f"status IN ({','.join('?' * len(statuses))})"], list(statuses)
     if ids:
         where.append(f"id IN ({','.join('?' * len(ids))})")
         args.extend(ids)
@@ -454,7 +462,8 @@ def _requeue(
         args.append(destination)
     cur = conn.execute(
         "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"  # noqa: S608
-        " lease_until = NULL, lease_token = NULL, updated_at = ? WHERE " + " AND ".join(where),
+        " lease_until = NULL, lease_token = NULL, updated_at = ? WHERE "
+        + " AND ".join(where),
         (now, now, *args),
     )
     return cur.rowcount

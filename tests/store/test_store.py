@@ -328,3 +328,16 @@ async def test_heartbeat_extends_a_live_lease_only(opener) -> None:
     assert len(taken) == 1 and taken[0].recovered
     await a.extend(claims, now + 500)  # the old token no longer extends anything
     assert await b.settle(taken[0], Settlement(DELIVERED), now + 62)
+
+
+async def test_requeue_skipped_only_when_asked(store: Store) -> None:
+    from relay.store import SKIPPED
+
+    await store.record(event("evt_sk"), [conversion("ord_sk")], everywhere)
+    now = time.time()
+    for claim in await store.claim(list(DESTS), 10, 30, now):
+        await store.settle(claim, Settlement(SKIPPED, error="no buyer email"), now)
+    assert await store.requeue(now=now) == 0  # failed only, by default
+    assert await store.requeue(destination="simmer", now=now, statuses=(SKIPPED,)) == 1
+    [claim] = await store.claim(list(DESTS), 10, 30, now + 1)
+    assert claim.destination == "simmer" and claim.attempt == 1
