@@ -192,3 +192,26 @@ def test_worker_survives_a_raising_enricher(tmp_path, simmer, impact):
         while not simmer.accepted and time.time() < deadline:
             time.sleep(0.05)
     assert simmer.accepted
+
+
+def test_enrichment_stripe_client_has_a_short_timeout(stripe_api, tmp_path, monkeypatch):
+    """A slow Stripe API degrades after relay's timeout, not the SDK's 80 s default."""
+    import time
+
+    from relay import enrich
+    from relay.sources.stripe import StripeSource
+
+    monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.5)
+    session = checkout_event(event_id="evt_slow")["data"]["object"]
+    stripe_api.line_items[session["id"]] = [line_item("price_A", "prod_A", "Pro plan", 3000, 1)]
+    stripe_api.delay = 3.0
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}",
+                        stripe={"webhook_secrets": "whsec_x", "api_key": STRIPE_API_KEY,
+                                "api_base": stripe_api.url})
+    [conv] = StripeSource(settings.stripe).parse(body_of(checkout_event(
+        event_id="evt_slow", session_id=session["id"]))).conversions
+    enricher = build_enricher(settings)
+    started = time.monotonic()
+    assert asyncio.run(enricher(conv, "impact")) == conv  # optional data: delivered without it
+    assert time.monotonic() - started < 2.0
+    assert len(stripe_api.requests) == 1  # no SDK retries
