@@ -24,10 +24,12 @@ Conversions:
   the subscription id, so a start is counted once.
 - `customer.subscription.deleted` → subscription_cancelled (subscription id).
 - `refund.created` → refund of that refund's amount, keyed on its `re_` id.
-  `charge.refunded` (whose `amount_refunded` is cumulative) → refund of the
-  newest refund in `charge.refunds.data` keyed on its `re_` id (so it dedupes
-  with `refund.created`); without that list, the delta against
-  `previous_attributes.amount_refunded`, keyed on `"{charge id}:{cumulative}"`.
+  `charge.refunded` → one refund per entry of `charge.refunds.data`, each keyed
+  on its `re_` id, so it dedupes with `refund.created` (already recorded ones
+  are reported as such). Since API 2022-11-15 that list is absent by default:
+  without it the event is ignored, with a reason telling the user to subscribe
+  to `refund.created` (the charge's cumulative `amount_refunded` is never used,
+  it would count one refund under a second key).
 """
 
 from __future__ import annotations
@@ -405,26 +407,20 @@ def _charge_refunded(
     email = text(dig(charge, "billing_details", "email")) or text(charge.get("receipt_email"))
     refunds = [
         r for r in dig(charge, "refunds", "data") or ()
-        if isinstance(r, dict) and isinstance(r.get("id"), str)
+        if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]
         and r.get("status") not in FAILED_REFUNDS
     ]
-    if refunds:
-        newest = max(refunds, key=lambda r: r.get("created") or 0)
-        return _refund_conversion(
-            newest["id"], newest.get("amount"), currency, created, livemode,
-            {**metadata, **string_map(newest.get("metadata"))}, refs, email,
+    if not refunds:
+        return ("charge.refunded carries no charge.refunds list (absent by default since "
+                "API 2022-11-15); subscribe to refund.created to relay refunds")
+    # Each refund is keyed on its re_ id, like refund.created: the ledger keeps one.
+    out: list[Conversion] = []
+    for refund in sorted(refunds, key=lambda r: r["created"] if isinstance(r.get("created"), int) else 0):
+        out += _refund_conversion(
+            refund["id"], refund.get("amount"), currency, created, livemode,
+            {**metadata, **string_map(refund.get("metadata"))}, refs, email,
         )
-    cumulative = charge.get("amount_refunded")
-    previous = dig(event, "data", "previous_attributes", "amount_refunded")
-    if not isinstance(cumulative, int) or isinstance(previous, bool) or not isinstance(previous, int):
-        return ("charge.refunded carries neither charge.refunds nor previous_attributes."
-                "amount_refunded; subscribe to refund.created for the refund amount")
-    delta = cumulative - previous
-    if delta <= 0:
-        return "charge.refunded shows no new refunded amount"
-    return _refund_conversion(
-        f"{charge_id}:{cumulative}", delta, currency, created, livemode, metadata, refs, email
-    )
+    return out
 
 
 HANDLERS = {
