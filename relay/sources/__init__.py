@@ -86,6 +86,18 @@ def string_map(value: Any) -> dict[str, str]:
     return out
 
 
+def typed_key(object_type: str, object_id: str, native_prefix: str | None = None) -> str:
+    """An order key that names its object type, so ids stay distinct across types.
+
+    Ids that already carry the processor's type prefix (`txn_…`, `sub_…`) are kept
+    as they are; plain ids (Lemon Squeezy's and Chargebee's sequential or site-chosen
+    ids) become `"{object_type}-{id}"`: invoice 5 → "invoice-5".
+    """
+    if native_prefix and object_id.startswith(native_prefix):
+        return object_id
+    return f"{object_type}-{object_id}"
+
+
 def iso_time(value: Any, name: str) -> datetime:
     """An ISO 8601 / RFC 3339 timestamp ('…Z' included) as an aware datetime (UTC if naive)."""
     if not isinstance(value, str) or not value.strip():

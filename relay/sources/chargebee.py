@@ -8,14 +8,19 @@ Chargebee retries for two days and may deliver duplicates and out of order.
 
 Conversions:
 
+Chargebee invoice and subscription ids are plain (sequential or chosen by the
+site), so order keys name the object type: "invoice-{id}", "subscription-{id}";
+transaction ids already carry `txn_` and are kept as they are (a plain one
+becomes "transaction-{id}").
+
 - `payment_succeeded` is the money event. The first invoice
   (`invoice.first_invoice` true, or a non-recurring invoice) → purchase;
-  `recurring && !first_invoice` → subscription_renewed. Keyed on the invoice id
-  (the transaction id when there is no invoice).
+  `recurring && !first_invoice` → subscription_renewed. Keyed on the invoice
+  (the transaction when there is no invoice).
 - `subscription_created` → subscription_started; `subscription_cancelled` →
-  subscription_cancelled; both keyed on the subscription id.
+  subscription_cancelled; both keyed on the subscription.
 - `payment_refunded` → refund of the refund transaction's `amount`, keyed on
-  that transaction id.
+  that transaction.
 - `subscription_renewed` is ignored: its invoice may still be unpaid; the
   renewal money is counted on `payment_succeeded`.
 
@@ -51,7 +56,7 @@ from relay.conversion import (
 )
 from relay.errors import AuthError, PayloadError
 from relay.settings import ChargebeeSettings
-from relay.sources import SIMULATED_KEY, ParsedEvent, load_json, string_map, text, unix_time
+from relay.sources import SIMULATED_KEY, ParsedEvent, load_json, string_map, text, typed_key, unix_time
 
 
 class ChargebeeSource:
@@ -174,8 +179,12 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
         return f"transaction type {str(txn.get('type'))[:32]!r} is not a payment"
     currency = money.currency_code(invoice.get("currency_code") or txn.get("currency_code"))
     renewal = bool(invoice.get("recurring")) and not invoice.get("first_invoice")
-    key = text(invoice.get("id")) or text(txn.get("id"))
-    if not key:
+    invoice_id, txn_id = text(invoice.get("id")), text(txn.get("id"))
+    if invoice_id:
+        key = typed_key("invoice", invoice_id)
+    elif txn_id:
+        key = typed_key("transaction", txn_id, "txn_")
+    else:
         raise PayloadError("payment_succeeded has no invoice or transaction id")
     if invoice:
         total = _amount(invoice.get("total"), currency, "invoice.total", required=True)
@@ -236,7 +245,7 @@ def _subscription(kind: str):  # type: ignore[no-untyped-def]
         return Conversion(
             source="chargebee",
             kind=kind,
-            order_key=sub_id,
+            order_key=typed_key("subscription", sub_id),
             occurred_at=occurred,
             currency=money.currency_code(code) if code else None,
             customer=_customer(content),
@@ -258,7 +267,7 @@ def _payment_refunded(content: dict[str, Any], occurred: datetime) -> Conversion
     return Conversion(
         source="chargebee",
         kind=REFUND,
-        order_key=txn_id,
+        order_key=typed_key("transaction", txn_id, "txn_"),
         occurred_at=unix_time(date, "transaction.date") if isinstance(date, int) else occurred,
         currency=currency,
         total=_amount(txn.get("amount"), currency, "transaction.amount", required=True),

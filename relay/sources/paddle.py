@@ -26,6 +26,10 @@ Conversions:
 - `adjustment.created` / `adjustment.updated` with `action == "refund"` →
   refund, counted only once `status == "approved"`, keyed on the adjustment id.
 
+Paddle ids carry their type (`txn_`, `sub_`, `adj_`) and are the order keys as
+they are; an id without its prefix would get "transaction-"/"subscription-"/
+"adjustment-" in front, so keys never collide across object types.
+
 Money is a JSON string in the lowest denomination ("1000" = 10.00 USD,
 "100" = ¥100) and becomes Decimal via `money.from_minor`, never float.
 Paddle webhooks carry only `customer_id`, no email: with `RELAY_PADDLE__API_KEY`
@@ -55,7 +59,16 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import PaddleSettings
-from relay.sources import SIMULATED_KEY, ParsedEvent, dig, iso_time, load_json, string_map, text
+from relay.sources import (
+    SIMULATED_KEY,
+    ParsedEvent,
+    dig,
+    iso_time,
+    load_json,
+    string_map,
+    text,
+    typed_key,
+)
 
 NO_SALE_ORIGINS = frozenset({"subscription_payment_method_change"})
 
@@ -219,7 +232,7 @@ def _transaction_completed(data: dict[str, Any], occurred: datetime | None) -> C
     return Conversion(
         source="paddle",
         kind=kind,
-        order_key=txn_id,
+        order_key=typed_key("transaction", txn_id, "txn_"),
         occurred_at=_when(data, occurred, "billed_at", "updated_at"),
         currency=currency,
         total=_amount(totals.get("total"), currency, "details.totals.total", required=True),
@@ -240,7 +253,7 @@ def _subscription(kind: str):  # type: ignore[no-untyped-def]
         return Conversion(
             source="paddle",
             kind=kind,
-            order_key=sub_id,
+            order_key=typed_key("subscription", sub_id, "sub_"),
             occurred_at=_when(data, occurred, "updated_at", "created_at"),
             currency=money.currency_code(code) if code else None,
             customer=_customer(data),
@@ -264,7 +277,7 @@ def _adjustment(data: dict[str, Any], occurred: datetime | None) -> Conversion |
     return Conversion(
         source="paddle",
         kind=REFUND,
-        order_key=adj_id,
+        order_key=typed_key("adjustment", adj_id, "adj_"),
         occurred_at=_when(data, occurred, "updated_at", "created_at"),
         currency=currency,
         total=_amount(totals.get("total"), currency, "totals.total", required=True),

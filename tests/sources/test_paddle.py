@@ -149,6 +149,20 @@ def test_every_kind(app):
     assert app.conversions()[2].attribution == {"irclickid": "click-pd"}
 
 
+def test_order_keys_name_the_object_type(app):
+    """Paddle ids carry txn_/sub_/adj_ and stay as they are; a plain id gets its type."""
+    plain_txn = entity("transaction.completed")
+    plain_txn["id"] = "42"
+    plain_sub = entity("subscription.created")
+    plain_sub["id"] = "42"
+    approved = entity("adjustment.created")
+    approved.update(id="42", status="approved")
+    docs = [envelope("transaction.completed", plain_txn), envelope("subscription.created", plain_sub),
+            envelope("adjustment.updated", approved)]
+    keys = [c["order_key"] for d in docs for c in post(app, d).json()["conversions"]]
+    assert keys == ["transaction-42", "subscription-42", "adjustment-42"]
+
+
 def test_full_envelope_fixture_subscription_created(app):
     doc = fixture("paddle/subscription.created.full-envelope.pay-rails.json")
     r = post(app, doc)
