@@ -104,16 +104,21 @@ def iso_time(value: Any, name: str) -> datetime:
         raise PayloadError(f"{name} is missing")
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise PayloadError(f"{name} is not an ISO 8601 timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # "9999-12-31T23:59:59-14:00" is past the last UTC datetime
+    except (ValueError, OverflowError):
+        raise PayloadError(f"{name} is not an ISO 8601 timestamp in range") from None
+    return moment
 
 
 def unix_time(value: Any, name: str) -> datetime:
-    """Unix seconds (an integer) as an aware UTC datetime."""
+    """Unix seconds (an integer) as an aware UTC datetime; out of range is a PayloadError."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{name} is not a Unix timestamp")
-    return datetime.fromtimestamp(value, tz=UTC)
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise PayloadError(f"{name} is not a Unix timestamp in range") from None
 
 
 def build_sources(settings: Any) -> dict[str, Source]:

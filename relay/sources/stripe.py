@@ -35,7 +35,7 @@ Conversions:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -53,7 +53,7 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import StripeSettings
-from relay.sources import ParsedEvent, dig, load_json, string_map, text
+from relay.sources import ParsedEvent, dig, load_json, string_map, text, unix_time
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
@@ -109,7 +109,7 @@ class StripeSource:
             raise PayloadError("not a Stripe event: id, type or data.object is missing")
         livemode = bool(event.get("livemode", obj.get("livemode", True)))
         parsed = ParsedEvent(event_id=event_id, event_type=event_type, livemode=livemode)
-        created = _timestamp(event.get("created"), "created")
+        created = unix_time(event.get("created"), "created")
 
         handler = HANDLERS.get(event_type)
         if handler is None:
@@ -274,7 +274,7 @@ def _invoice_paid(
             source="stripe",
             kind=SUBSCRIPTION_RENEWED,
             order_key=invoice_id,
-            occurred_at=_timestamp(paid_at, "paid_at") if isinstance(paid_at, int) else created,
+            occurred_at=unix_time(paid_at, "paid_at") if isinstance(paid_at, int) else created,
             currency=currency,
             total=money.from_minor(paid, currency),
             subtotal=amount(invoice.get("subtotal")),
@@ -435,7 +435,3 @@ HANDLERS = {
 }
 
 
-def _timestamp(value: Any, name: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PayloadError(f"{name} is not a Unix timestamp")
-    return datetime.fromtimestamp(value, tz=UTC)
