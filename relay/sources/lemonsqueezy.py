@@ -58,7 +58,16 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import LemonSqueezySettings
-from relay.sources import ParsedEvent, dig, iso_time, load_json, string_map, text
+from relay.sources import (
+    ParsedEvent,
+    amount,
+    dispatch,
+    iso_time,
+    load_json,
+    pick_refs,
+    string_map,
+    text,
+)
 
 REFUND_EVENTS = frozenset({"order_refunded", "subscription_payment_refunded"})
 # JSON:API type → the object name in order keys ("order-123").
@@ -120,17 +129,13 @@ class LemonSqueezySource:
             event_type=event_name,
             livemode=livemode,
         )
-        handler = HANDLERS.get(event_name)
-        if handler is None:
-            parsed.ignored = f"event {event_name[:64]!r} is not relayed"
-            return parsed
-        ctx = _Context(data_type, data_id, attrs, string_map(meta.get("custom_data")), livemode)
-        result = handler(ctx)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = [result]
-        return parsed
+        return dispatch(
+            parsed, HANDLERS,
+            lambda handler: handler(
+                _Context(data_type, data_id, attrs, string_map(meta.get("custom_data")), livemode)
+            ),
+            noun="event",
+        )
 
 
 class _Context:
@@ -151,12 +156,7 @@ class _Context:
         return money.currency_code(self.attrs.get("currency"))
 
     def amount(self, key: str, currency: str, required: bool = False) -> Any:
-        value = self.attrs.get(key)
-        if value is None:
-            if required:
-                raise PayloadError(f"data.attributes.{key} is missing")
-            return None
-        return money.from_minor(value, currency)
+        return amount(self.attrs.get(key), currency, f"data.attributes.{key}", required)
 
     def when(self, *keys: str) -> datetime:
         for key in keys:
@@ -173,7 +173,7 @@ class _Context:
         )
 
     def refs(self, *keys: str) -> dict[str, str]:
-        return {k: str(self.attrs[k]) for k in keys if self.attrs.get(k) not in (None, "")}
+        return pick_refs(self.attrs, *keys)
 
     def conversion(self, kind: str, order_key: str, occurred: datetime, **fields: Any) -> Conversion:
         return Conversion(

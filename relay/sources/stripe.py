@@ -53,7 +53,16 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import StripeSettings
-from relay.sources import ParsedEvent, dig, load_json, string_map, text, unix_time
+from relay.sources import (
+    ParsedEvent,
+    dig,
+    dispatch,
+    load_json,
+    optional_currency,
+    string_map,
+    text,
+    unix_time,
+)
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
@@ -111,16 +120,7 @@ class StripeSource:
         parsed = ParsedEvent(event_id=event_id, event_type=event_type, livemode=livemode)
         created = unix_time(event.get("created"), "created")
 
-        handler = HANDLERS.get(event_type)
-        if handler is None:
-            parsed.ignored = f"event type {event_type!r} is not relayed"
-            return parsed
-        result = handler(event, obj, created, livemode)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = result
-        return parsed
+        return dispatch(parsed, HANDLERS, lambda handler: handler(event, obj, created, livemode))
 
 
 # ------------------------------------------------------------ checkout
@@ -318,7 +318,7 @@ def _subscription_conversion(
             kind=kind,
             order_key=sub_id,
             occurred_at=created,
-            currency=money.currency_code(currency) if currency else None,
+            currency=optional_currency(currency),
             customer=Customer(id=refs.get("customer")),
             metadata=string_map(sub.get("metadata")),
             refs=refs,
