@@ -6,13 +6,17 @@ conversion fanned out to several destinations costs one API call.
 
 - Paddle (`RELAY_PADDLE__API_KEY`): Paddle webhooks carry only `customer_id`;
   `GET {api_base}/customers/{id}` (Bearer key) supplies the email and name.
+  Destinations that need an email skip a conversion without one for good, so a
+  look-up failure that may pass (transport error, timeout, 429, 5xx) raises
+  `EnrichmentUnavailable` and is *not* cached: the worker retries the delivery
+  later. A definitive answer (404 customer not found, 401/403 key rejected,
+  another 4xx) is logged (never the key or the customer's data), cached
+  briefly, and the conversion goes out without the email.
 - Stripe (`RELAY_STRIPE__API_KEY`): Checkout webhooks carry no line items and
   only the promotion-code *id*; `GET /v1/checkout/sessions/{id}/line_items`
-  and `GET /v1/promotion_codes/{id}` (through the `stripe` package) fill them in.
-
-A failed look-up never loses a delivery: it is logged (without the customer's
-data or the key) and the conversion goes out without the extra data. Failures
-are cached briefly so a dead API does not slow every delivery down.
+  and `GET /v1/promotion_codes/{id}` (through the `stripe` package, with a
+  10 s timeout and no SDK retries) fill them in. That data is optional: any
+  failure is logged and cached briefly, and the conversion goes out without it.
 """
 
 from __future__ import annotations
@@ -27,17 +31,23 @@ from typing import Any
 import httpx
 
 from relay.conversion import PURCHASE, Conversion, Item
+from relay.errors import EnrichmentUnavailable
 from relay.settings import Settings
 
 log = logging.getLogger("relay.enrich")
 
 TTL_SECONDS = 3600.0
 FAILURE_TTL_SECONDS = 30.0
-TIMEOUT_SECONDS = 10.0
+TIMEOUT_SECONDS = 10.0  # each Paddle request; each Stripe request (the SDK default is 80 s)
+STRIPE_MAX_NETWORK_RETRIES = 0  # the worker's own retry schedule is the retry
 MAX_CACHE = 10_000
+TRANSIENT_STATUSES = frozenset({408, 425, 429})  # and every 5xx
 
 
 class _Cache:
+    """Values by key with a TTL: a None value (no data) is kept FAILURE_TTL_SECONDS,
+    anything else TTL_SECONDS. An exception from `load` is never cached."""
+
     def __init__(self) -> None:
         self._items: dict[str, tuple[float, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -53,15 +63,12 @@ class _Cache:
                 return hit[1]
             try:
                 value = await load()
-                ttl = TTL_SECONDS
-            except Exception:
-                value, ttl = None, FAILURE_TTL_SECONDS
-                raise
             finally:
-                if len(self._items) >= MAX_CACHE:
-                    self._items.clear()
-                self._items[key] = (time.monotonic() + ttl, value)
                 self._locks.pop(key, None)
+            if len(self._items) >= MAX_CACHE:
+                self._items.clear()
+            ttl = TTL_SECONDS if value is not None else FAILURE_TTL_SECONDS
+            self._items[key] = (time.monotonic() + ttl, value)
             return value
 
 
@@ -84,16 +91,18 @@ class Enricher:
         return bool(self.paddle_key or self.stripe_key)
 
     async def __call__(self, conversion: Conversion, destination: str) -> Conversion:
-        try:
-            if conversion.source == "paddle" and self.paddle_key:
-                return await self._paddle(conversion)
-            if conversion.source == "stripe" and self.stripe_key:
+        """The conversion with the looked-up data added.
+
+        Raises EnrichmentUnavailable when a Paddle customer look-up failed in a way
+        that may pass: retry the delivery later rather than send it without an email.
+        """
+        if conversion.source == "paddle" and self.paddle_key:
+            return await self._paddle(conversion)
+        if conversion.source == "stripe" and self.stripe_key:
+            try:
                 return await self._stripe_checkout(conversion)
-        except Exception as exc:  # degrade: deliver without the extra data
-            log.warning(
-                "enrich source=%s order=%s failed (%s); delivering without it",
-                conversion.source, conversion.order_key, _describe(exc),
-            )
+            except Exception as exc:  # optional data: deliver without it
+                _degraded(conversion, exc)
         return conversion
 
     async def aclose(self) -> None:
@@ -116,17 +125,44 @@ class Enricher:
         if conversion.customer.email or not customer_id:
             return conversion
 
-        async def load() -> dict[str, Any]:
-            response = await self._client().get(
-                f"{self.paddle_base}/customers/{customer_id}",
-                headers={"Authorization": f"Bearer {self.paddle_key}", "Accept": "application/json"},
+        async def load() -> dict[str, Any] | None:
+            try:
+                response = await self._client().get(
+                    f"{self.paddle_base}/customers/{customer_id}",
+                    headers={"Authorization": f"Bearer {self.paddle_key}",
+                             "Accept": "application/json"},
+                )
+            except httpx.TimeoutException:
+                raise EnrichmentUnavailable("Paddle GET /customers timed out") from None
+            except httpx.TransportError as exc:
+                raise EnrichmentUnavailable(
+                    f"Paddle GET /customers failed ({type(exc).__name__})") from None
+            status = response.status_code
+            if status in TRANSIENT_STATUSES or status >= 500:
+                raise EnrichmentUnavailable(
+                    f"Paddle GET /customers answered {status}",
+                    retry_after=_retry_after(response.headers.get("retry-after")),
+                )
+            if status == 200:
+                try:
+                    data = response.json().get("data")
+                except (ValueError, AttributeError):
+                    data = None
+                if isinstance(data, dict):
+                    return data
+                why = "answered 200 without a customer object"
+            elif status in (401, 403):
+                why = (f"answered {status} ({_error_code(response)}): the API key was refused; "
+                       "check RELAY_PADDLE__API_KEY")
+            elif status == 404:
+                why = f"answered 404 ({_error_code(response)}): customer not found"
+            else:
+                why = f"answered {status} ({_error_code(response)})"
+            log.warning(
+                "enrich source=paddle order=%s customer=%s: GET /customers %s; "
+                "delivering without the email", conversion.order_key, customer_id, why,
             )
-            if response.status_code != 200:
-                raise LookupError(f"Paddle GET /customers answered {response.status_code}")
-            data = response.json().get("data")
-            if not isinstance(data, dict):
-                raise LookupError("Paddle GET /customers answered without data")
-            return data
+            return None
 
         data = await self._cache.get(f"paddle:customer:{customer_id}", load)
         if not data:
@@ -150,7 +186,8 @@ class Enricher:
             self._stripe = stripe.StripeClient(
                 self.stripe_key or "",
                 base_addresses={"api": self.stripe_base},
-                max_network_retries=0,
+                max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
+                http_client=stripe.new_default_http_client(timeout=TIMEOUT_SECONDS),
             )
         return self._stripe
 
@@ -162,7 +199,7 @@ class Enricher:
         if not conversion.items:
             items = await self._cache.get(
                 f"stripe:line_items:{session_id}",
-                lambda: asyncio.to_thread(self._line_items, session_id, conversion.currency),
+                lambda: self._optional(conversion, self._line_items, session_id, conversion.currency),
             )
             if items:
                 changes["items"] = items
@@ -170,11 +207,19 @@ class Enricher:
         if promo_id and not conversion.promo_code:
             code = await self._cache.get(
                 f"stripe:promotion_code:{promo_id}",
-                lambda: asyncio.to_thread(self._promotion_code, promo_id),
+                lambda: self._optional(conversion, self._promotion_code, promo_id),
             )
             if code:
                 changes["promo_code"] = code
         return conversion.replace(**changes) if changes else conversion
+
+    async def _optional(self, conversion: Conversion, fetch: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking Stripe look-up in a thread; a failure is logged and gives None."""
+        try:
+            return await asyncio.to_thread(fetch, *args)
+        except Exception as exc:
+            _degraded(conversion, exc)
+            return None
 
     def _line_items(self, session_id: str, currency: str | None) -> tuple[Item, ...]:
         from relay import money
@@ -206,6 +251,28 @@ class Enricher:
         promo = self._stripe_client().v1.promotion_codes.retrieve(promo_id).to_dict()
         code = promo.get("code")
         return code if isinstance(code, str) and code else None
+
+
+def _degraded(conversion: Conversion, exc: Exception) -> None:
+    log.warning(
+        "enrich source=%s order=%s failed (%s); delivering without it",
+        conversion.source, conversion.order_key, _describe(exc),
+    )
+
+
+def _error_code(response: httpx.Response) -> str:
+    """Paddle's `error.code` ("entity_not_found", "forbidden"…), or "no error code"."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "no error code"
+    return str(code)[:64] if isinstance(code, str) else "no error code"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return float(min(int(value.strip()), 3600))
+    return None
 
 
 def _describe(exc: Exception) -> str:

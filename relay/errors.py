@@ -5,8 +5,9 @@
     ├── SignatureError   a webhook failed verification: 400 (401 for Basic auth), nothing stored
     ├── PayloadError     a verified webhook cannot be understood: 400, nothing stored
     ├── StoreError       the ledger cannot be read or written: 503, the processor retries
-    └── EnrichmentUnavailable  a worker-side look-up (e.g. Paddle's customer email) failed
-                         for now: the delivery is retried later, not sent without it
+    └── EnrichmentUnavailable  a processor API look-up failed in a way that may pass
+                         (transport error, timeout, 429, 5xx): the worker retries the
+                         delivery later instead of sending it without the data
 
 Messages never contain a secret, an email address or a full payload.
 """
@@ -41,4 +42,14 @@ class StoreError(RelayError):
 
 
 class EnrichmentUnavailable(RelayError):
-    """A look-up the delivery needs failed transiently; retry the delivery later."""
+    """A look-up the delivery needs failed transiently; retry the delivery later.
+
+    Raised by the enricher (relay/enrich.py) for transport errors, timeouts, 429
+    and 5xx answers. It is never cached. A definitive answer (404, 401/403) is not
+    this error: the conversion then goes out without the extra data.
+    `retry_after` is the API's Retry-After in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

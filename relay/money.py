@@ -8,7 +8,8 @@ by calling `from_minor(amount, currency, exponent=...)` or relying on ISO.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 from relay.errors import PayloadError
 
@@ -52,23 +53,29 @@ def exponent(currency: str) -> int:
     return 2
 
 
+MAX_MINOR_DIGITS = 18  # far above any real amount, well inside Decimal's 28-digit precision
+_INTEGER = re.compile(rf"-?[0-9]{{1,{MAX_MINOR_DIGITS}}}", re.ASCII)
+
+
 def from_minor(amount: object, currency: str, exp: int | None = None) -> Decimal:
     """Integer (or integer string) minor units → exact Decimal major units.
 
     `exp` overrides the ISO exponent when the processor uses another scale.
+    Anything but a finite integer of at most MAX_MINOR_DIGITS digits ("Infinity",
+    "NaN", "1e999999999", "12.5", 1.5, 10**19) is a PayloadError.
     """
     if isinstance(amount, bool) or amount is None:
         raise PayloadError("amount is missing")
-    if isinstance(amount, float):
-        raise PayloadError("amount must be an integer number of minor units")
-    try:
-        minor = Decimal(amount) if isinstance(amount, (int, str)) else None
-    except InvalidOperation:
-        minor = None
-    if minor is None or minor != minor.to_integral_value():
+    if isinstance(amount, str) and _INTEGER.fullmatch(amount.strip()):
+        minor = int(amount.strip())
+    elif isinstance(amount, int):
+        minor = amount
+    else:
         raise PayloadError(f"amount {str(amount)[:20]!r} is not an integer of minor units")
+    if abs(minor) >= 10**MAX_MINOR_DIGITS:
+        raise PayloadError(f"amount has more than {MAX_MINOR_DIGITS} digits")
     places = exponent(currency) if exp is None else exp
-    return minor.scaleb(-places).quantize(Decimal(1).scaleb(-places))
+    return Decimal(minor).scaleb(-places).quantize(Decimal(1).scaleb(-places))
 
 
 def to_minor(amount: Decimal, currency: str) -> int:

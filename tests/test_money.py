@@ -43,3 +43,18 @@ def test_currency_codes():
     for bad in ("XYZ", "", "usdd", None, 840):
         with pytest.raises(PayloadError):
             money.currency_code(bad)
+
+
+@pytest.mark.parametrize("bad", [
+    "Infinity", "-Infinity", "NaN", "sNaN", "1e999999999", "1e3", "12.0", "1_000", "0x10", "",
+    "1" * 19, 10**18, -(10**18), "9" * 5000,
+])
+def test_from_minor_refuses_non_finite_and_huge(bad):
+    with pytest.raises(PayloadError):
+        money.from_minor(bad, "USD")
+
+
+def test_from_minor_largest_accepted():
+    assert money.from_minor("9" * 18, "KWD") == Decimal("9" * 15 + ".999")
+    assert money.from_minor(-(10**18 - 1), "JPY") == -(10**18 - 1)
+    assert money.from_minor(" 1099 ", "EUR") == Decimal("10.99")

@@ -14,13 +14,15 @@ Sources never do network I/O; enrichment (API look-ups) happens in the worker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
 
+from relay import money
 from relay.conversion import Conversion
 from relay.errors import PayloadError
 
@@ -45,6 +47,76 @@ class Source(Protocol):
     def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None: ...
 
     def parse(self, body: bytes) -> ParsedEvent: ...
+
+
+# What a handler returns: its conversion(s), or why the event is not relayed.
+HandlerResult = Conversion | Iterable[Conversion] | str
+
+
+def dispatch(
+    parsed: ParsedEvent,
+    handlers: Mapping[str, Callable[..., HandlerResult]],
+    run: Callable[[Callable[..., HandlerResult]], HandlerResult],
+    noun: str = "event type",
+) -> ParsedEvent:
+    """Find the handler for `parsed.event_type` and fill `parsed` from `run(handler)`.
+
+    No handler: ignored, "<noun> '<type>' is not relayed". A str result is the
+    ignored reason; otherwise the conversion, or the list of them.
+    """
+    handler = handlers.get(parsed.event_type)
+    if handler is None:
+        parsed.ignored = f"{noun} {parsed.event_type[:64]!r} is not relayed"
+        return parsed
+    result = run(handler)
+    if isinstance(result, str):
+        parsed.ignored = result
+    elif isinstance(result, Conversion):
+        parsed.conversions = [result]
+    else:
+        parsed.conversions = list(result)
+    return parsed
+
+
+def event_envelope(
+    body: bytes, processor: str, id_key: str, payload_key: str
+) -> tuple[dict[str, Any], dict[str, Any], ParsedEvent]:
+    """(event, payload, ParsedEvent) of an `{<id_key>, event_type, <payload_key>: {…}}` body
+    (Paddle, Chargebee). Those processors have no test flag: `relay simulate` marks its
+    signed samples with SIMULATED_KEY, which makes them test events."""
+    event = load_json(body)
+    event_id = text(event.get(id_key))
+    event_type = text(event.get("event_type"))
+    payload = event.get(payload_key)
+    if not event_id or not event_type or not isinstance(payload, dict):
+        raise PayloadError(
+            f"not a {processor} event: {id_key}, event_type or {payload_key} is missing"
+        )
+    parsed = ParsedEvent(
+        event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
+    )
+    return event, payload, parsed
+
+
+def amount(value: Any, currency: str, name: str, required: bool = False) -> Decimal | None:
+    """Minor units → Decimal (money.from_minor); None when absent, unless `required`."""
+    if value is None:
+        if required:
+            raise PayloadError(f"{name} is missing")
+        return None
+    return money.from_minor(value, currency)
+
+
+def optional_currency(value: Any) -> str | None:
+    """A validated currency code, or None when the object has none (subscriptions)."""
+    return money.currency_code(value) if value else None
+
+
+def pick_refs(obj: Mapping[str, Any], *keys: str, **renamed: str) -> dict[str, str]:
+    """obj's non-empty values as strings: each of `keys` under its own name, and each
+    `name=key` of `renamed` under `name`."""
+    pairs = [(key, key) for key in keys] + list(renamed.items())
+    return {name: str(obj[key]) for name, key in pairs if obj.get(key) not in (None, "")}
 
 
 def load_json(body: bytes) -> dict[str, Any]:
@@ -86,22 +158,39 @@ def string_map(value: Any) -> dict[str, str]:
     return out
 
 
+def typed_key(object_type: str, object_id: str, native_prefix: str | None = None) -> str:
+    """An order key that names its object type, so ids stay distinct across types.
+
+    Ids that already carry the processor's type prefix (`txn_…`, `sub_…`) are kept
+    as they are; plain ids (Lemon Squeezy's and Chargebee's sequential or site-chosen
+    ids) become `"{object_type}-{id}"`: invoice 5 → "invoice-5".
+    """
+    if native_prefix and object_id.startswith(native_prefix):
+        return object_id
+    return f"{object_type}-{object_id}"
+
+
 def iso_time(value: Any, name: str) -> datetime:
     """An ISO 8601 / RFC 3339 timestamp ('…Z' included) as an aware datetime (UTC if naive)."""
     if not isinstance(value, str) or not value.strip():
         raise PayloadError(f"{name} is missing")
     try:
         moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise PayloadError(f"{name} is not an ISO 8601 timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # "9999-12-31T23:59:59-14:00" is past the last UTC datetime
+    except (ValueError, OverflowError):
+        raise PayloadError(f"{name} is not an ISO 8601 timestamp in range") from None
+    return moment
 
 
 def unix_time(value: Any, name: str) -> datetime:
-    """Unix seconds (an integer) as an aware UTC datetime."""
+    """Unix seconds (an integer) as an aware UTC datetime; out of range is a PayloadError."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{name} is not a Unix timestamp")
-    return datetime.fromtimestamp(value, tz=UTC)
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise PayloadError(f"{name} is not a Unix timestamp in range") from None
 
 
 def build_sources(settings: Any) -> dict[str, Source]:

@@ -8,14 +8,19 @@ Chargebee retries for two days and may deliver duplicates and out of order.
 
 Conversions:
 
+Chargebee invoice and subscription ids are plain (sequential or chosen by the
+site), so order keys name the object type: "invoice-{id}", "subscription-{id}";
+transaction ids already carry `txn_` and are kept as they are (a plain one
+becomes "transaction-{id}").
+
 - `payment_succeeded` is the money event. The first invoice
   (`invoice.first_invoice` true, or a non-recurring invoice) → purchase;
-  `recurring && !first_invoice` → subscription_renewed. Keyed on the invoice id
-  (the transaction id when there is no invoice).
+  `recurring && !first_invoice` → subscription_renewed. Keyed on the invoice
+  (the transaction when there is no invoice).
 - `subscription_created` → subscription_started; `subscription_cancelled` →
-  subscription_cancelled; both keyed on the subscription id.
+  subscription_cancelled; both keyed on the subscription.
 - `payment_refunded` → refund of the refund transaction's `amount`, keyed on
-  that transaction id.
+  that transaction.
 - `subscription_renewed` is ignored: its invoice may still be unpaid; the
   renewal money is counted on `payment_succeeded`.
 
@@ -34,6 +39,7 @@ import binascii
 import hmac
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -51,7 +57,18 @@ from relay.conversion import (
 )
 from relay.errors import AuthError, PayloadError
 from relay.settings import ChargebeeSettings
-from relay.sources import SIMULATED_KEY, ParsedEvent, load_json, string_map, text, unix_time
+from relay.sources import (
+    ParsedEvent,
+    amount,
+    dispatch,
+    event_envelope,
+    optional_currency,
+    pick_refs,
+    string_map,
+    text,
+    typed_key,
+    unix_time,
+)
 
 
 class ChargebeeSource:
@@ -80,27 +97,11 @@ class ChargebeeSource:
             raise AuthError("wrong HTTP Basic credentials")
 
     def parse(self, body: bytes) -> ParsedEvent:
-        event = load_json(body)
-        event_id = text(event.get("id"))
-        event_type = text(event.get("event_type"))
-        content = event.get("content")
-        if not event_id or not event_type or not isinstance(content, dict):
-            raise PayloadError("not a Chargebee event: id, event_type or content is missing")
-        # `relay simulate` marks its signed samples: processors never send this key.
-        parsed = ParsedEvent(
-            event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
+        event, content, parsed = event_envelope(body, "Chargebee", "id", "content")
+        return dispatch(
+            parsed, HANDLERS,
+            lambda handler: handler(content, unix_time(event.get("occurred_at"), "occurred_at")),
         )
-        handler = HANDLERS.get(event_type)
-        if handler is None:
-            parsed.ignored = f"event type {event_type[:64]!r} is not relayed"
-            return parsed
-        occurred = unix_time(event.get("occurred_at"), "occurred_at")
-        result = handler(content, occurred)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = [result]
-        return parsed
 
 
 # ------------------------------------------------------------------ helpers
@@ -150,18 +151,6 @@ def _customer(content: dict[str, Any]) -> Customer:
     )
 
 
-def _amount(value: Any, currency: str, name: str, required: bool = False) -> Any:
-    if value is None:
-        if required:
-            raise PayloadError(f"{name} is missing")
-        return None
-    return money.from_minor(value, currency)
-
-
-def _refs(obj: dict[str, Any], **keys: str) -> dict[str, str]:
-    return {name: str(obj[key]) for name, key in keys.items() if obj.get(key) not in (None, "")}
-
-
 # ------------------------------------------------------------------ handlers
 
 
@@ -174,11 +163,15 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
         return f"transaction type {str(txn.get('type'))[:32]!r} is not a payment"
     currency = money.currency_code(invoice.get("currency_code") or txn.get("currency_code"))
     renewal = bool(invoice.get("recurring")) and not invoice.get("first_invoice")
-    key = text(invoice.get("id")) or text(txn.get("id"))
-    if not key:
+    invoice_id, txn_id = text(invoice.get("id")), text(txn.get("id"))
+    if invoice_id:
+        key = typed_key("invoice", invoice_id)
+    elif txn_id:
+        key = typed_key("transaction", txn_id, "txn_")
+    else:
         raise PayloadError("payment_succeeded has no invoice or transaction id")
     if invoice:
-        total = _amount(invoice.get("total"), currency, "invoice.total", required=True)
+        total = amount(invoice.get("total"), currency, "invoice.total", required=True)
         discounts = [d.get("amount") for d in invoice.get("discounts") or () if isinstance(d, dict)]
         discount = (
             sum((money.from_minor(a, currency) for a in discounts if a is not None),
@@ -189,8 +182,8 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
             Item(
                 quantity=li.get("quantity") if isinstance(li.get("quantity"), int)
                 and li.get("quantity") > 0 else 1,
-                price=_amount(li.get("unit_amount"), currency, "line_items.unit_amount"),
-                subtotal=_amount(li.get("amount"), currency, "line_items.amount"),
+                price=amount(li.get("unit_amount"), currency, "line_items.unit_amount"),
+                subtotal=amount(li.get("amount"), currency, "line_items.amount"),
                 sku=text(li.get("entity_id")),
                 name=text(li.get("description")),
                 category=text(li.get("entity_type")),
@@ -199,13 +192,13 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
             if isinstance(li, dict)
         )
         fields: dict[str, Any] = {
-            "subtotal": _amount(invoice.get("sub_total"), currency, "invoice.sub_total"),
-            "tax": _amount(invoice.get("tax"), currency, "invoice.tax"),
+            "subtotal": amount(invoice.get("sub_total"), currency, "invoice.sub_total"),
+            "tax": amount(invoice.get("tax"), currency, "invoice.tax"),
             "discount": discount,
             "items": items,
         }
     else:
-        total = _amount(txn.get("amount"), currency, "transaction.amount", required=True)
+        total = amount(txn.get("amount"), currency, "transaction.amount", required=True)
         fields = {}
     paid_at = invoice.get("paid_at") or txn.get("date")
     return Conversion(
@@ -218,34 +211,29 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
         customer=_customer(content),
         metadata=_metadata(content),
         refs={
-            **_refs(txn, transaction_id="id"),
-            **_refs(invoice, invoice_id="id", subscription_id="subscription_id"),
+            **pick_refs(txn, transaction_id="id"),
+            **pick_refs(invoice, "subscription_id", invoice_id="id"),
         },
         new_customer=None if renewal else bool(invoice.get("first_invoice", True)),
         **fields,
     )
 
 
-def _subscription(kind: str):  # type: ignore[no-untyped-def]
-    def handle(content: dict[str, Any], occurred: datetime) -> Conversion:
-        sub = _obj(content, "subscription")
-        sub_id = text(sub.get("id"))
-        if not sub_id:
-            raise PayloadError("subscription has no id")
-        code = sub.get("currency_code")
-        return Conversion(
-            source="chargebee",
-            kind=kind,
-            order_key=sub_id,
-            occurred_at=occurred,
-            currency=money.currency_code(code) if code else None,
-            customer=_customer(content),
-            metadata=_metadata(content),
-            refs={**_refs(sub, subscription_id="id", plan_id="plan_id", status="status",
-                          cancel_reason="cancel_reason")},
-        )
-
-    return handle
+def _subscription(kind: str, content: dict[str, Any], occurred: datetime) -> Conversion:
+    sub = _obj(content, "subscription")
+    sub_id = text(sub.get("id"))
+    if not sub_id:
+        raise PayloadError("subscription has no id")
+    return Conversion(
+        source="chargebee",
+        kind=kind,
+        order_key=typed_key("subscription", sub_id),
+        occurred_at=occurred,
+        currency=optional_currency(sub.get("currency_code")),
+        customer=_customer(content),
+        metadata=_metadata(content),
+        refs=pick_refs(sub, "plan_id", "status", "cancel_reason", subscription_id="id"),
+    )
 
 
 def _payment_refunded(content: dict[str, Any], occurred: datetime) -> Conversion:
@@ -258,16 +246,16 @@ def _payment_refunded(content: dict[str, Any], occurred: datetime) -> Conversion
     return Conversion(
         source="chargebee",
         kind=REFUND,
-        order_key=txn_id,
+        order_key=typed_key("transaction", txn_id, "txn_"),
         occurred_at=unix_time(date, "transaction.date") if isinstance(date, int) else occurred,
         currency=currency,
-        total=_amount(txn.get("amount"), currency, "transaction.amount", required=True),
+        total=amount(txn.get("amount"), currency, "transaction.amount", required=True),
         customer=_customer(content),
         metadata=_metadata(content),
         refs={
-            **_refs(txn, transaction_id="id"),
-            **_refs(_obj(content, "invoice"), invoice_id="id"),
-            **_refs(_obj(content, "credit_note"), credit_note_id="id"),
+            **pick_refs(txn, transaction_id="id"),
+            **pick_refs(_obj(content, "invoice"), invoice_id="id"),
+            **pick_refs(_obj(content, "credit_note"), credit_note_id="id"),
         },
     )
 
@@ -278,8 +266,8 @@ def _subscription_renewed(content: dict[str, Any], occurred: datetime) -> str:
 
 HANDLERS = {
     "payment_succeeded": _payment_succeeded,
-    "subscription_created": _subscription(SUBSCRIPTION_STARTED),
-    "subscription_cancelled": _subscription(SUBSCRIPTION_CANCELLED),
+    "subscription_created": partial(_subscription, SUBSCRIPTION_STARTED),
+    "subscription_cancelled": partial(_subscription, SUBSCRIPTION_CANCELLED),
     "payment_refunded": _payment_refunded,
     "subscription_renewed": _subscription_renewed,
 }

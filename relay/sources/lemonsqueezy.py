@@ -9,21 +9,27 @@ to check. The event id relay records is `"{event_name}:{data.type}:{data.id}"`
 refund of the same order is a new event); replay protection is the ledger: a replayed body has the same event id and the
 same conversion keys, so it is answered "duplicate" and never re-delivered.
 
-Conversions (the body is JSON:API, `{meta, data: {type, id, attributes}}`):
+Conversions (the body is JSON:API, `{meta, data: {type, id, attributes}}`).
+Lemon Squeezy ids are per-type sequential integers (order 5 and subscription
+invoice 5 both exist), so every order key names its object type: "order-5",
+"subscription-invoice-5", "subscription-5".
 
-- `order_created` with status `paid` → purchase, keyed on the order id. It is
+- `order_created` with status `paid` → purchase, keyed "order-{id}". It is
   sent for subscription first payments too, so it is *the* first-payment event.
-- `subscription_created` → subscription_started, keyed on the subscription id.
+- `subscription_created` → subscription_started, keyed "subscription-{id}".
 - `subscription_payment_success` with billing_reason `renewal` → subscription_renewed,
-  keyed on the subscription-invoice id. `initial` is the same money as
+  keyed "subscription-invoice-{id}". `initial` is the same money as
   `order_created` (ignored); `updated` (plan change proration) is ignored.
-- `subscription_cancelled` → subscription_cancelled, keyed on the subscription id.
-- `order_refunded` → refund of `refunded_amount`, keyed on
-  `"orders:{order id}:refund:{refunded_amount}"` so a second partial refund (a new,
-  larger cumulative amount) is a new conversion. Lemon Squeezy reports only the
-  cumulative refunded amount, so a refund conversion's total is that cumulative
-  amount. `subscription_payment_refunded` is handled the same way on the
-  subscription invoice.
+- `subscription_cancelled` → subscription_cancelled, keyed "subscription-{id}".
+- `order_refunded` → refund. Lemon Squeezy reports only the *cumulative*
+  `refunded_amount`, so the conversion is a cumulative refund (relay/refunds.py):
+  `total` is the cumulative amount, `refs["cumulative_refund_of"]` is "order-{id}",
+  and the key is "order-{id}:refund:{cumulative minor units}", so a second
+  partial refund is a new conversion; the store records the difference from the
+  refunds already recorded for that order.
+- `subscription_payment_refunded` → the same, on "subscription-invoice-{id}",
+  for renewal invoices only: the initial invoice is the order's first payment,
+  whose refund is counted on `order_refunded` (the two would count it twice).
 
 Amounts are integers "in cents" of the order currency, i.e. minor units at the
 currency's ISO exponent (TND has 3 decimals, JPY none). `meta.test_mode`
@@ -39,7 +45,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from relay import money
+from relay import money, refunds
 from relay.conversion import (
     PURCHASE,
     REFUND,
@@ -52,9 +58,24 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import LemonSqueezySettings
-from relay.sources import ParsedEvent, dig, iso_time, load_json, string_map, text
+from relay.sources import (
+    ParsedEvent,
+    amount,
+    dispatch,
+    iso_time,
+    load_json,
+    pick_refs,
+    string_map,
+    text,
+)
 
 REFUND_EVENTS = frozenset({"order_refunded", "subscription_payment_refunded"})
+# JSON:API type → the object name in order keys ("order-123").
+KEY_PREFIXES = {
+    "orders": "order",
+    "subscriptions": "subscription",
+    "subscription-invoices": "subscription-invoice",
+}
 HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -108,17 +129,13 @@ class LemonSqueezySource:
             event_type=event_name,
             livemode=livemode,
         )
-        handler = HANDLERS.get(event_name)
-        if handler is None:
-            parsed.ignored = f"event {event_name[:64]!r} is not relayed"
-            return parsed
-        ctx = _Context(data_type, data_id, attrs, string_map(meta.get("custom_data")), livemode)
-        result = handler(ctx)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = [result]
-        return parsed
+        return dispatch(
+            parsed, HANDLERS,
+            lambda handler: handler(
+                _Context(data_type, data_id, attrs, string_map(meta.get("custom_data")), livemode)
+            ),
+            noun="event",
+        )
 
 
 class _Context:
@@ -130,16 +147,16 @@ class _Context:
         self.custom = custom
         self.livemode = livemode
 
+    @property
+    def key(self) -> str:
+        """This object's order key: its type and id ("order-123", "subscription-invoice-456")."""
+        return f"{KEY_PREFIXES.get(self.type, self.type)}-{self.id}"
+
     def currency(self) -> str:
         return money.currency_code(self.attrs.get("currency"))
 
     def amount(self, key: str, currency: str, required: bool = False) -> Any:
-        value = self.attrs.get(key)
-        if value is None:
-            if required:
-                raise PayloadError(f"data.attributes.{key} is missing")
-            return None
-        return money.from_minor(value, currency)
+        return amount(self.attrs.get(key), currency, f"data.attributes.{key}", required)
 
     def when(self, *keys: str) -> datetime:
         for key in keys:
@@ -156,7 +173,7 @@ class _Context:
         )
 
     def refs(self, *keys: str) -> dict[str, str]:
-        return {k: str(self.attrs[k]) for k in keys if self.attrs.get(k) not in (None, "")}
+        return pick_refs(self.attrs, *keys)
 
     def conversion(self, kind: str, order_key: str, occurred: datetime, **fields: Any) -> Conversion:
         return Conversion(
@@ -193,7 +210,7 @@ def _order_created(ctx: _Context) -> Conversion | str:
         )
     return ctx.conversion(
         PURCHASE,
-        ctx.id,
+        ctx.key,
         ctx.when("created_at", "updated_at"),
         currency=currency,
         total=ctx.amount("total", currency, required=True),
@@ -208,7 +225,7 @@ def _order_created(ctx: _Context) -> Conversion | str:
 def _subscription_created(ctx: _Context) -> Conversion:
     return ctx.conversion(
         SUBSCRIPTION_STARTED,
-        ctx.id,
+        ctx.key,
         ctx.when("created_at", "updated_at"),
         refs={**ctx.refs("order_id", "product_id", "variant_id", "status"), "subscription_id": ctx.id},
     )
@@ -217,7 +234,7 @@ def _subscription_created(ctx: _Context) -> Conversion:
 def _subscription_cancelled(ctx: _Context) -> Conversion:
     return ctx.conversion(
         SUBSCRIPTION_CANCELLED,
-        ctx.id,
+        ctx.key,
         ctx.when("updated_at", "created_at"),
         refs={**ctx.refs("order_id", "product_id", "variant_id", "ends_at"), "subscription_id": ctx.id},
     )
@@ -234,7 +251,7 @@ def _payment_success(ctx: _Context) -> Conversion | str:
     currency = ctx.currency()
     return ctx.conversion(
         SUBSCRIPTION_RENEWED,
-        ctx.id,
+        ctx.key,
         ctx.when("created_at", "updated_at"),
         currency=currency,
         total=ctx.amount("total", currency, required=True),
@@ -246,19 +263,30 @@ def _payment_success(ctx: _Context) -> Conversion | str:
 
 
 def _refunded(ctx: _Context) -> Conversion | str:
+    """A cumulative refund of this object (relay/refunds.py): the store records the delta."""
     raw = ctx.attrs.get("refunded_amount")
     if raw in (None, 0, "0"):
         return "no refunded amount on this object"
     currency = ctx.currency()
-    amount = money.from_minor(raw, currency)
+    cumulative = money.from_minor(raw, currency)
     return ctx.conversion(
         REFUND,
-        f"{ctx.type}:{ctx.id}:refund:{raw}",
+        refunds.cumulative_key(ctx.key, money.to_minor(cumulative, currency)),
         ctx.when("refunded_at", "updated_at"),
         currency=currency,
-        total=amount,
-        refs={**ctx.refs("subscription_id", "order_number", "identifier"), "refunded_of": ctx.id},
+        total=cumulative,
+        refs={**ctx.refs("subscription_id", "order_number", "identifier"), "refunded_of": ctx.id,
+              refunds.CUMULATIVE_REF: ctx.key},
     )
+
+
+def _subscription_payment_refunded(ctx: _Context) -> Conversion | str:
+    reason = ctx.attrs.get("billing_reason")
+    if reason == "initial":
+        return "a refund of the initial subscription payment is counted on order_refunded"
+    if reason != "renewal":
+        return f"subscription payment billing_reason {str(reason)[:32]!r} is not a renewal"
+    return _refunded(ctx)
 
 
 HANDLERS = {
@@ -267,5 +295,5 @@ HANDLERS = {
     "subscription_payment_success": _payment_success,
     "subscription_cancelled": _subscription_cancelled,
     "order_refunded": _refunded,
-    "subscription_payment_refunded": _refunded,
+    "subscription_payment_refunded": _subscription_payment_refunded,
 }

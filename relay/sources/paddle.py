@@ -26,6 +26,10 @@ Conversions:
 - `adjustment.created` / `adjustment.updated` with `action == "refund"` →
   refund, counted only once `status == "approved"`, keyed on the adjustment id.
 
+Paddle ids carry their type (`txn_`, `sub_`, `adj_`) and are the order keys as
+they are; an id without its prefix would get "transaction-"/"subscription-"/
+"adjustment-" in front, so keys never collide across object types.
+
 Money is a JSON string in the lowest denomination ("1000" = 10.00 USD,
 "100" = ¥100) and becomes Decimal via `money.from_minor`, never float.
 Paddle webhooks carry only `customer_id`, no email: with `RELAY_PADDLE__API_KEY`
@@ -40,6 +44,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from relay import money
@@ -55,7 +60,19 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import PaddleSettings
-from relay.sources import SIMULATED_KEY, ParsedEvent, dig, iso_time, load_json, string_map, text
+from relay.sources import (
+    ParsedEvent,
+    amount,
+    dig,
+    dispatch,
+    event_envelope,
+    iso_time,
+    optional_currency,
+    pick_refs,
+    string_map,
+    text,
+    typed_key,
+)
 
 NO_SALE_ORIGINS = frozenset({"subscription_payment_method_change"})
 
@@ -114,28 +131,13 @@ class PaddleSource:
             )
 
     def parse(self, body: bytes) -> ParsedEvent:
-        event = load_json(body)
-        event_id = text(event.get("event_id"))
-        event_type = text(event.get("event_type"))
-        data = event.get("data")
-        if not event_id or not event_type or not isinstance(data, dict):
-            raise PayloadError("not a Paddle event: event_id, event_type or data is missing")
-        # `relay simulate` marks its signed samples: processors never send this key.
-        parsed = ParsedEvent(
-            event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
-        )
-        handler = HANDLERS.get(event_type)
-        if handler is None:
-            parsed.ignored = f"event type {event_type[:64]!r} is not relayed"
-            return parsed
-        occurred = event.get("occurred_at")
-        when = iso_time(occurred, "occurred_at") if occurred else None
-        result = handler(data, when)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = [result]
-        return parsed
+        event, data, parsed = event_envelope(body, "Paddle", "event_id", "data")
+
+        def run(handler: Any) -> Any:
+            occurred = event.get("occurred_at")
+            return handler(data, iso_time(occurred, "occurred_at") if occurred else None)
+
+        return dispatch(parsed, HANDLERS, run)
 
 
 # ------------------------------------------------------------------ helpers
@@ -158,21 +160,13 @@ def _when(data: dict[str, Any], occurred: datetime | None, *keys: str) -> dateti
 
 
 def _amount(value: Any, currency: str, name: str, required: bool = False) -> Any:
-    if value is None:
-        if required:
-            raise PayloadError(f"{name} is missing")
-        return None
-    if not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
         raise PayloadError(f"{name} must be a string of lowest-denomination units")
-    return money.from_minor(value, currency)
+    return amount(value, currency, name, required)
 
 
 def _customer(data: dict[str, Any]) -> Customer:
     return Customer(id=text(data.get("customer_id")))
-
-
-def _refs(data: dict[str, Any], *keys: str) -> dict[str, str]:
-    return {k: str(data[k]) for k in keys if data.get(k) not in (None, "")}
 
 
 # ------------------------------------------------------------------ handlers
@@ -214,12 +208,12 @@ def _transaction_completed(data: dict[str, Any], occurred: datetime | None) -> C
             )
         )
     kind = SUBSCRIPTION_RENEWED if origin == "subscription_recurring" else PURCHASE
-    refs = _refs(data, "subscription_id", "invoice_number", "invoice_id", "discount_id", "customer_id")
+    refs = pick_refs(data, "subscription_id", "invoice_number", "invoice_id", "discount_id", "customer_id")
     refs["origin"] = origin
     return Conversion(
         source="paddle",
         kind=kind,
-        order_key=txn_id,
+        order_key=typed_key("transaction", txn_id, "txn_"),
         occurred_at=_when(data, occurred, "billed_at", "updated_at"),
         currency=currency,
         total=_amount(totals.get("total"), currency, "details.totals.total", required=True),
@@ -233,22 +227,18 @@ def _transaction_completed(data: dict[str, Any], occurred: datetime | None) -> C
     )
 
 
-def _subscription(kind: str):  # type: ignore[no-untyped-def]
-    def handle(data: dict[str, Any], occurred: datetime | None) -> Conversion:
-        sub_id = _id(data, "subscription")
-        code = data.get("currency_code")
-        return Conversion(
-            source="paddle",
-            kind=kind,
-            order_key=sub_id,
-            occurred_at=_when(data, occurred, "updated_at", "created_at"),
-            currency=money.currency_code(code) if code else None,
-            customer=_customer(data),
-            metadata=string_map(data.get("custom_data")),
-            refs={**_refs(data, "transaction_id", "status", "customer_id"), "subscription_id": sub_id},
-        )
-
-    return handle
+def _subscription(kind: str, data: dict[str, Any], occurred: datetime | None) -> Conversion:
+    sub_id = _id(data, "subscription")
+    return Conversion(
+        source="paddle",
+        kind=kind,
+        order_key=typed_key("subscription", sub_id, "sub_"),
+        occurred_at=_when(data, occurred, "updated_at", "created_at"),
+        currency=optional_currency(data.get("currency_code")),
+        customer=_customer(data),
+        metadata=string_map(data.get("custom_data")),
+        refs={**pick_refs(data, "transaction_id", "status", "customer_id"), "subscription_id": sub_id},
+    )
 
 
 def _adjustment(data: dict[str, Any], occurred: datetime | None) -> Conversion | str:
@@ -264,22 +254,23 @@ def _adjustment(data: dict[str, Any], occurred: datetime | None) -> Conversion |
     return Conversion(
         source="paddle",
         kind=REFUND,
-        order_key=adj_id,
+        order_key=typed_key("adjustment", adj_id, "adj_"),
         occurred_at=_when(data, occurred, "updated_at", "created_at"),
         currency=currency,
         total=_amount(totals.get("total"), currency, "totals.total", required=True),
         subtotal=_amount(totals.get("subtotal"), currency, "totals.subtotal"),
         tax=_amount(totals.get("tax"), currency, "totals.tax"),
         customer=_customer(data),
-        refs={**_refs(data, "transaction_id", "subscription_id", "customer_id"), "adjustment_id": adj_id},
+        refs={**pick_refs(data, "transaction_id", "subscription_id", "customer_id"),
+              "adjustment_id": adj_id},
     )
 
 
 HANDLERS = {
     "transaction.completed": _transaction_completed,
     "transaction.paid": _transaction_paid,
-    "subscription.created": _subscription(SUBSCRIPTION_STARTED),
-    "subscription.canceled": _subscription(SUBSCRIPTION_CANCELLED),
+    "subscription.created": partial(_subscription, SUBSCRIPTION_STARTED),
+    "subscription.canceled": partial(_subscription, SUBSCRIPTION_CANCELLED),
     "adjustment.created": _adjustment,
     "adjustment.updated": _adjustment,
 }

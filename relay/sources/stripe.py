@@ -24,16 +24,18 @@ Conversions:
   the subscription id, so a start is counted once.
 - `customer.subscription.deleted` → subscription_cancelled (subscription id).
 - `refund.created` → refund of that refund's amount, keyed on its `re_` id.
-  `charge.refunded` (whose `amount_refunded` is cumulative) → refund of the
-  newest refund in `charge.refunds.data` keyed on its `re_` id (so it dedupes
-  with `refund.created`); without that list, the delta against
-  `previous_attributes.amount_refunded`, keyed on `"{charge id}:{cumulative}"`.
+  `charge.refunded` → one refund per entry of `charge.refunds.data`, each keyed
+  on its `re_` id, so it dedupes with `refund.created` (already recorded ones
+  are reported as such). Since API 2022-11-15 that list is absent by default:
+  without it the event is ignored, with a reason telling the user to subscribe
+  to `refund.created` (the charge's cumulative `amount_refunded` is never used,
+  it would count one refund under a second key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import stripe
@@ -51,7 +53,16 @@ from relay.conversion import (
 )
 from relay.errors import PayloadError, SignatureError
 from relay.settings import StripeSettings
-from relay.sources import ParsedEvent, dig, load_json, string_map, text
+from relay.sources import (
+    ParsedEvent,
+    dig,
+    dispatch,
+    load_json,
+    optional_currency,
+    string_map,
+    text,
+    unix_time,
+)
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
@@ -107,18 +118,9 @@ class StripeSource:
             raise PayloadError("not a Stripe event: id, type or data.object is missing")
         livemode = bool(event.get("livemode", obj.get("livemode", True)))
         parsed = ParsedEvent(event_id=event_id, event_type=event_type, livemode=livemode)
-        created = _timestamp(event.get("created"), "created")
+        created = unix_time(event.get("created"), "created")
 
-        handler = HANDLERS.get(event_type)
-        if handler is None:
-            parsed.ignored = f"event type {event_type!r} is not relayed"
-            return parsed
-        result = handler(event, obj, created, livemode)
-        if isinstance(result, str):
-            parsed.ignored = result
-        else:
-            parsed.conversions = result
-        return parsed
+        return dispatch(parsed, HANDLERS, lambda handler: handler(event, obj, created, livemode))
 
 
 # ------------------------------------------------------------ checkout
@@ -272,7 +274,7 @@ def _invoice_paid(
             source="stripe",
             kind=SUBSCRIPTION_RENEWED,
             order_key=invoice_id,
-            occurred_at=_timestamp(paid_at, "paid_at") if isinstance(paid_at, int) else created,
+            occurred_at=unix_time(paid_at, "paid_at") if isinstance(paid_at, int) else created,
             currency=currency,
             total=money.from_minor(paid, currency),
             subtotal=amount(invoice.get("subtotal")),
@@ -316,7 +318,7 @@ def _subscription_conversion(
             kind=kind,
             order_key=sub_id,
             occurred_at=created,
-            currency=money.currency_code(currency) if currency else None,
+            currency=optional_currency(currency),
             customer=Customer(id=refs.get("customer")),
             metadata=string_map(sub.get("metadata")),
             refs=refs,
@@ -405,26 +407,20 @@ def _charge_refunded(
     email = text(dig(charge, "billing_details", "email")) or text(charge.get("receipt_email"))
     refunds = [
         r for r in dig(charge, "refunds", "data") or ()
-        if isinstance(r, dict) and isinstance(r.get("id"), str)
+        if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]
         and r.get("status") not in FAILED_REFUNDS
     ]
-    if refunds:
-        newest = max(refunds, key=lambda r: r.get("created") or 0)
-        return _refund_conversion(
-            newest["id"], newest.get("amount"), currency, created, livemode,
-            {**metadata, **string_map(newest.get("metadata"))}, refs, email,
+    if not refunds:
+        return ("charge.refunded carries no charge.refunds list (absent by default since "
+                "API 2022-11-15); subscribe to refund.created to relay refunds")
+    # Each refund is keyed on its re_ id, like refund.created: the ledger keeps one.
+    out: list[Conversion] = []
+    for refund in sorted(refunds, key=lambda r: r["created"] if isinstance(r.get("created"), int) else 0):
+        out += _refund_conversion(
+            refund["id"], refund.get("amount"), currency, created, livemode,
+            {**metadata, **string_map(refund.get("metadata"))}, refs, email,
         )
-    cumulative = charge.get("amount_refunded")
-    previous = dig(event, "data", "previous_attributes", "amount_refunded")
-    if not isinstance(cumulative, int) or isinstance(previous, bool) or not isinstance(previous, int):
-        return ("charge.refunded carries neither charge.refunds nor previous_attributes."
-                "amount_refunded; subscribe to refund.created for the refund amount")
-    delta = cumulative - previous
-    if delta <= 0:
-        return "charge.refunded shows no new refunded amount"
-    return _refund_conversion(
-        f"{charge_id}:{cumulative}", delta, currency, created, livemode, metadata, refs, email
-    )
+    return out
 
 
 HANDLERS = {
@@ -439,7 +435,3 @@ HANDLERS = {
 }
 
 
-def _timestamp(value: Any, name: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PayloadError(f"{name} is not a Unix timestamp")
-    return datetime.fromtimestamp(value, tz=UTC)

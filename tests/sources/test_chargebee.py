@@ -41,7 +41,7 @@ def test_payment_succeeded_first_invoice_is_purchase(app):
     r = post(app, fixture_bytes(SUCCEEDED))
     assert r.status_code == 200, r.text
     assert r.json()["conversions"] == [
-        {"kind": "purchase", "order_key": "22", "total": "4500.00", "currency": "USD"}]
+        {"kind": "purchase", "order_key": "invoice-22", "total": "4500.00", "currency": "USD"}]
     assert post(app, fixture_bytes(SUCCEEDED)).json()["status"] == "duplicate"  # same ev_ id
     [conv] = app.conversions()
     assert conv.customer.email == "taxes@test.com" and conv.customer.name == "Tax Customer"
@@ -70,9 +70,9 @@ def test_recurring_payment_is_renewal_and_refund_and_cancel(app):
     assert [post(app, d).json()["status"] for d in docs] == ["accepted"] * 3
     got = [(c.kind, c.order_key, c.total) for c in app.conversions()]
     assert got == [
-        ("subscription_renewed", "23", Decimal("4500.00")),
+        ("subscription_renewed", "invoice-23", Decimal("4500.00")),
         ("refund", "txn_3Nl7oGgQqGG07E3V", Decimal("0.02")),
-        ("subscription_cancelled", "AzqgumSAxXl3xAxW", None),
+        ("subscription_cancelled", "subscription-AzqgumSAxXl3xAxW", None),
     ]
 
 
@@ -105,3 +105,19 @@ def test_malformed_after_auth(app):
     r = post(app, b"[1, 2]")
     assert r.status_code == 400 and r.json() == {"error": "body is not a JSON object"}
     assert app.count("events") == 0
+
+
+def test_order_keys_name_the_object_type(app):
+    """Plain Chargebee ids get their type ("invoice-123" never meets Lemon Squeezy's
+    "order-123"); txn_ ids are already typed (finding 6)."""
+    paid = fixture(SUCCEEDED)
+    paid["content"]["invoice"]["id"] = "123"
+    no_invoice = copy.deepcopy(fixture(SUCCEEDED))
+    no_invoice["id"] = "ev_no_invoice"
+    del no_invoice["content"]["invoice"]
+    no_invoice["content"]["transaction"]["id"] = "9001"  # a plain id
+    created = fixture("chargebee/subscription_created.json")
+    created["content"]["subscription"]["id"] = "123"
+    keys = [c["order_key"] for doc in (paid, no_invoice, created)
+            for c in post(app, doc).json()["conversions"]]
+    assert keys == ["invoice-123", "transaction-9001", "subscription-123"]

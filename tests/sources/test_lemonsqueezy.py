@@ -37,7 +37,7 @@ def test_order_created_is_a_purchase_once(app):
     assert r.status_code == 200, r.text
     assert r.json()["event_id"] == "order_created:orders:1"
     assert r.json()["conversions"] == [
-        {"kind": "purchase", "order_key": "1", "total": "58.99", "currency": "USD"}
+        {"kind": "purchase", "order_key": "order-1", "total": "58.99", "currency": "USD"}
     ]
     again = app.post("lemonsqueezy", body, ls_headers(body))
     assert again.json()["status"] == "duplicate"  # replay protection is the ledger
@@ -79,12 +79,81 @@ def test_every_kind(app):
         assert r.json()["status"] == "accepted", r.text
     got = [(c.kind, c.order_key, c.total) for c in app.conversions()]
     assert got == [
-        ("purchase", "1", Decimal("58.99")),
-        ("subscription_started", "1", None),
-        ("subscription_renewed", "77", Decimal("9.99")),
-        ("subscription_cancelled", "1", None),
-        ("refund", "orders:1:refund:1000", Decimal("10.00")),
-        ("refund", "orders:1:refund:2500", Decimal("25.00")),  # a second partial refund: new
+        ("purchase", "order-1", Decimal("58.99")),
+        ("subscription_started", "subscription-1", None),
+        ("subscription_renewed", "subscription-invoice-77", Decimal("9.99")),
+        ("subscription_cancelled", "subscription-1", None),
+        # Cumulative refunded amounts: the store records the differences (relay/refunds.py).
+        ("refund", "order-1:refund:1000", Decimal("10.00")),
+        ("refund", "order-1:refund:2500", Decimal("25.00")),  # a second partial refund: new
+    ]
+
+
+def test_order_keys_name_the_object_type(app):
+    """Order 5 and subscription invoice 5 are different objects: different keys (finding 6)."""
+    order = fixture(ORDER)
+    order["data"]["id"] = "5"
+    renewal = fixture(PAYMENT)
+    renewal["data"]["id"] = "5"
+    renewal["data"]["attributes"]["billing_reason"] = "renewal"
+    sub = fixture(SUB_CREATED)
+    sub["data"]["id"] = "5"
+    keys = []
+    for doc in (order, renewal, sub):
+        body = dumps(doc)
+        keys += [c["order_key"] for c in app.post("lemonsqueezy", body, ls_headers(body)).json()[
+            "conversions"]]
+    assert keys == ["order-5", "subscription-invoice-5", "subscription-5"]
+
+
+def _refund(doc: dict, event: str, cumulative: int, at: str) -> bytes:
+    doc = copy.deepcopy(doc)
+    doc["meta"]["event_name"] = event
+    doc["data"]["attributes"].update(refunded=True, refunded_amount=cumulative, refunded_at=at,
+                                     status="partial_refund")
+    return dumps(doc)
+
+
+def test_partial_refunds_are_recorded_as_differences(app):
+    """Refunds of 10 then 5 arrive as cumulative 10 then 15 and must total 15, not 25 (finding 3)."""
+    from relay.refunds import refund_delta
+
+    bodies = [_refund(fixture(ORDER), "order_refunded", 1000, "2023-01-20T10:00:00Z"),
+              _refund(fixture(ORDER), "order_refunded", 1500, "2023-01-21T10:00:00Z")]
+    for body in (*bodies, bodies[0]):  # the replay is a duplicate
+        assert app.post("lemonsqueezy", body, ls_headers(body)).status_code == 200
+    stored = app.conversions()
+    assert [(c.order_key, c.total, c.refs["cumulative_refund_of"]) for c in stored] == [
+        ("order-1:refund:1000", Decimal("10.00"), "order-1"),
+        ("order-1:refund:1500", Decimal("15.00"), "order-1"),
+    ]
+    # What the store's record() does with each, in arrival order.
+    recorded: list[Decimal] = []
+    for conv in stored:
+        delta = refund_delta(conv, recorded)
+        recorded.append(delta.total)
+    assert recorded == [Decimal("10.00"), Decimal("5.00")] and sum(recorded) == Decimal("15.00")
+    assert delta.refs["cumulative_refunded"] == "15.00"
+
+
+def test_first_payment_refund_counts_once(app):
+    """order_refunded and subscription_payment_refunded(initial) are one refund of one payment."""
+    order = _refund(fixture(ORDER), "order_refunded", 999, "2023-01-18T12:16:24Z")
+    invoice = fixture_bytes("lemonsqueezy/subscription_payment_refunded.pay-rails.json")
+    assert app.post("lemonsqueezy", order, ls_headers(order)).json()["status"] == "accepted"
+    r = app.post("lemonsqueezy", invoice, ls_headers(invoice))
+    assert r.json() == {"status": "ignored", "reason": "a refund of the initial subscription "
+                        "payment is counted on order_refunded"}
+    renewal = fixture("lemonsqueezy/subscription_payment_refunded.pay-rails.json")
+    renewal["data"]["id"] = "88"
+    renewal["data"]["attributes"]["billing_reason"] = "renewal"
+    body = dumps(renewal)
+    assert app.post("lemonsqueezy", body, ls_headers(body)).json()["conversions"] == [
+        {"kind": "refund", "order_key": "subscription-invoice-88:refund:999", "total": "9.99",
+         "currency": "USD"}]
+    assert [(c.order_key, c.refs["cumulative_refund_of"]) for c in app.conversions()] == [
+        ("order-1:refund:999", "order-1"),
+        ("subscription-invoice-88:refund:999", "subscription-invoice-88"),
     ]
 
 

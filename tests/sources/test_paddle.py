@@ -149,6 +149,20 @@ def test_every_kind(app):
     assert app.conversions()[2].attribution == {"irclickid": "click-pd"}
 
 
+def test_order_keys_name_the_object_type(app):
+    """Paddle ids carry txn_/sub_/adj_ and stay as they are; a plain id gets its type."""
+    plain_txn = entity("transaction.completed")
+    plain_txn["id"] = "42"
+    plain_sub = entity("subscription.created")
+    plain_sub["id"] = "42"
+    approved = entity("adjustment.created")
+    approved.update(id="42", status="approved")
+    docs = [envelope("transaction.completed", plain_txn), envelope("subscription.created", plain_sub),
+            envelope("adjustment.updated", approved)]
+    keys = [c["order_key"] for d in docs for c in post(app, d).json()["conversions"]]
+    assert keys == ["transaction-42", "subscription-42", "adjustment-42"]
+
+
 def test_full_envelope_fixture_subscription_created(app):
     doc = fixture("paddle/subscription.created.full-envelope.pay-rails.json")
     r = post(app, doc)
@@ -223,7 +237,7 @@ def test_without_api_key_simmer_skips_for_no_email(tmp_path, relay_factory):
         assert simmer.requests == []
 
 
-def test_lookup_failure_degrades_and_is_cached(paddle_api, tmp_path):
+def test_lookup_not_found_degrades_and_is_cached(paddle_api, tmp_path):
     import asyncio
 
     from relay.enrich import build_enricher
@@ -246,3 +260,102 @@ def test_lookup_failure_degrades_and_is_cached(paddle_api, tmp_path):
     results = asyncio.run(run())  # the customer is unknown to the API: 404
     assert all(r == conv for r in results)
     assert len(paddle_api.rejected) == 1  # failure cached briefly, not retried per delivery
+
+
+# ------------------------------------------------------------------ look-up failures (finding 1)
+
+
+def _enrich_with(app, paddle_url: str, tmp_path, api_key: str = PADDLE_API_KEY):
+    """The Paddle purchase recorded from a signed webhook, and an enricher for it."""
+    from relay.enrich import build_enricher
+    from relay.settings import Settings
+
+    assert post(app, envelope("transaction.completed",
+                              entity("transaction.completed"))).status_code == 200
+    [conv] = app.conversions()
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}",
+                        paddle={"webhook_secrets": PADDLE_SECRET, "api_key": api_key,
+                                "api_base": paddle_url})
+    return conv, build_enricher(settings)
+
+
+def _run(enricher, *steps):
+    """Await each step(enricher) in one event loop; exceptions are returned, not raised."""
+    import asyncio
+
+    async def run():
+        out = []
+        try:
+            for step in steps:
+                try:
+                    out.append(await step(enricher))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        finally:
+            await enricher.aclose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after"),
+    [(503, {}, None), (500, {}, None), (502, {}, None), (429, {"Retry-After": "7"}, 7.0)],
+)
+def test_transient_lookup_failure_raises_and_is_not_cached(
+        app, paddle_api, tmp_path, caplog, status, headers, retry_after):
+    from relay.errors import EnrichmentUnavailable, RelayError
+
+    customer = entity("customer.created")
+    paddle_api.customers[customer["id"]] = customer
+    paddle_api.fail_next(1, status, headers)
+    conv, enricher = _enrich_with(app, paddle_api.url, tmp_path)
+    failed, retried = _run(enricher, lambda e: e(conv, "simmer"), lambda e: e(conv, "simmer"))
+    assert isinstance(failed, EnrichmentUnavailable) and isinstance(failed, RelayError)
+    assert str(status) in str(failed) and failed.retry_after == retry_after
+    # Not cached: the next attempt asks again and gets the email.
+    assert retried.customer.email == "jo@example.com"
+    assert len(paddle_api.requests) == 2
+    assert PADDLE_API_KEY not in caplog.text and "jo@example.com" not in caplog.text
+
+
+def test_lookup_timeout_and_connection_failure_raise(app, paddle_api, tmp_path, monkeypatch):
+    from relay import enrich
+    from relay.errors import EnrichmentUnavailable
+    from tests.emulators.base import free_port
+
+    monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.3)
+    customer = entity("customer.created")
+    paddle_api.customers[customer["id"]] = customer
+    paddle_api.delay = 1.0
+    conv, enricher = _enrich_with(app, paddle_api.url, tmp_path)
+
+    def recover(e):
+        paddle_api.delay = 0
+        return e(conv, "simmer")
+
+    timed_out, recovered = _run(enricher, lambda e: e(conv, "simmer"), recover)
+    assert isinstance(timed_out, EnrichmentUnavailable) and "timed out" in str(timed_out)
+    assert recovered.customer.email == "jo@example.com"
+
+    _, closed = _enrich_with(app, f"http://127.0.0.1:{free_port()}", tmp_path)
+    [refused] = _run(closed, lambda e: e(conv, "simmer"))
+    assert isinstance(refused, EnrichmentUnavailable) and "ConnectError" in str(refused)
+
+
+def test_definitive_lookup_answers_degrade_and_are_logged(app, paddle_api, tmp_path, caplog):
+    """404 (unknown customer) and 403 (key refused) will not pass: no email, logged, cached."""
+    conv, enricher = _enrich_with(app, paddle_api.url, tmp_path)  # the customer is unknown: 404
+    with caplog.at_level("WARNING", logger="relay.enrich"):
+        results = _run(enricher, *[lambda e: e(conv, "simmer")] * 3)
+    assert results == [conv] * 3 and len(paddle_api.rejected) == 1
+    assert "404 (entity_not_found): customer not found" in caplog.text
+
+    caplog.clear()
+    customer = entity("customer.created")
+    paddle_api.customers[customer["id"]] = customer
+    _, wrong_key = _enrich_with(app, paddle_api.url, tmp_path, api_key="pdl_apikey_wrong_key_42")
+    with caplog.at_level("WARNING", logger="relay.enrich"):
+        assert _run(wrong_key, lambda e: e(conv, "simmer")) == [conv]
+    assert "403 (forbidden): the API key was refused" in caplog.text
+    assert "pdl_apikey_wrong_key_42" not in caplog.text and "jo@example.com" not in caplog.text

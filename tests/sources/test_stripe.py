@@ -98,18 +98,49 @@ def test_refund_created_and_charge_refunded_dedupe(app):
          "currency": "USD"}]
     r = post(app, charge_event)
     assert r.json()["conversions"] == [] and len(r.json()["already_recorded"]) == 1
-    # Without the refunds list: the delta against previous_attributes.
-    second = copy.deepcopy(charge_event)
-    second["id"] = "evt_charge_refunded_2"
-    del second["data"]["object"]["refunds"]
-    second["data"]["object"]["amount_refunded"] = 1200
-    second["data"]["previous_attributes"] = {"amount_refunded": 500}
-    assert post(app, second).json()["conversions"] == [
-        {"kind": "refund", "order_key": "ch_chargeid:1200", "total": "7.00", "currency": "USD"}]
-    third = copy.deepcopy(second)
-    third["id"] = "evt_charge_refunded_3"
-    del third["data"]["previous_attributes"]
-    assert post(app, third).json()["status"] == "ignored"
+
+
+def test_one_refund_is_counted_once_without_the_refunds_list(app):
+    """API >= 2022-11-15: charge.refunded has no refunds list. It used to add a second refund
+    keyed on "ch_…:cumulative" next to refund.created's re_ key (finding 2)."""
+    charge_event = envelope("stripe/charge.refunded.data-fragment.pay-rails.json",
+                            "charge.refunded", "evt_charge_refunded",
+                            previous={"amount_refunded": 0, "refunded": False})
+    refund = copy.deepcopy(charge_event["data"]["object"]["refunds"]["data"][0])
+    del charge_event["data"]["object"]["refunds"]
+    refund_event = {"id": "evt_refund_created", "object": "event", "type": "refund.created",
+                    "created": 1658982465, "livemode": True, "data": {"object": refund}}
+    assert post(app, refund_event).json()["status"] == "accepted"
+    r = post(app, charge_event)
+    assert r.status_code == 200 and r.json()["status"] == "ignored"
+    assert "subscribe to refund.created" in r.json()["reason"]
+    assert [(c.kind, c.order_key, c.total) for c in app.conversions()] == [
+        ("refund", "re_3LQOJoKXBGcbgpbZ10i9Mg75", Decimal("5.00"))]
+    # Even alone (refund.created not subscribed), it records nothing under a charge key.
+    alone = copy.deepcopy(charge_event)
+    alone["id"] = "evt_charge_refunded_2"
+    alone["data"]["object"]["amount_refunded"] = 1200
+    alone["data"]["previous_attributes"] = {"amount_refunded": 500}
+    assert post(app, alone).json()["status"] == "ignored"
+    assert len(app.conversions()) == 1
+
+
+def test_charge_refunded_list_gives_each_refund_once(app):
+    charge_event = envelope("stripe/charge.refunded.data-fragment.pay-rails.json",
+                            "charge.refunded", "evt_charge_refunded_a")
+    charge = charge_event["data"]["object"]
+    first = charge["refunds"]["data"][0]
+    second = {**copy.deepcopy(first), "id": "re_second", "amount": 300,
+              "created": (first.get("created") or 0) + 10}
+    charge["refunds"]["data"] = [second, first]
+    r = post(app, charge_event).json()
+    assert [(c["order_key"], c["total"]) for c in r["conversions"]] == [
+        ("re_3LQOJoKXBGcbgpbZ10i9Mg75", "5.00"), ("re_second", "3.00")]
+    refund_event = {"id": "evt_refund_created_2", "object": "event", "type": "refund.created",
+                    "created": 1658982475, "livemode": True, "data": {"object": second}}
+    again = post(app, refund_event).json()
+    assert again["conversions"] == [] and len(again["already_recorded"]) == 1
+    assert len(app.conversions()) == 2
 
 
 def test_line_items_and_promo_code_enrichment(stripe_api, tmp_path):
@@ -192,3 +223,26 @@ def test_worker_survives_a_raising_enricher(tmp_path, simmer, impact):
         while not simmer.accepted and time.time() < deadline:
             time.sleep(0.05)
     assert simmer.accepted
+
+
+def test_enrichment_stripe_client_has_a_short_timeout(stripe_api, tmp_path, monkeypatch):
+    """A slow Stripe API degrades after relay's timeout, not the SDK's 80 s default."""
+    import time
+
+    from relay import enrich
+    from relay.sources.stripe import StripeSource
+
+    monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.5)
+    session = checkout_event(event_id="evt_slow")["data"]["object"]
+    stripe_api.line_items[session["id"]] = [line_item("price_A", "prod_A", "Pro plan", 3000, 1)]
+    stripe_api.delay = 3.0
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}",
+                        stripe={"webhook_secrets": "whsec_x", "api_key": STRIPE_API_KEY,
+                                "api_base": stripe_api.url})
+    [conv] = StripeSource(settings.stripe).parse(body_of(checkout_event(
+        event_id="evt_slow", session_id=session["id"]))).conversions
+    enricher = build_enricher(settings)
+    started = time.monotonic()
+    assert asyncio.run(enricher(conv, "impact")) == conv  # optional data: delivered without it
+    assert time.monotonic() - started < 2.0
+    assert len(stripe_api.requests) == 1  # no SDK retries
