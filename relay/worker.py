@@ -257,7 +257,8 @@ class Worker:
                     try:
                         conv = await self.enrich(conv, name)
                     except EnrichmentUnavailable as exc:  # the data exists; try again later
-                        await self._conclude(claim, dest, Outcome(RETRY, str(exc)), None, False,
+                        await self._conclude(claim, dest, Outcome(RETRY, str(exc), exc.retry_after),
+                                             None, False,
                                              started, 0.0)
                         unsettled.remove(claim)
                         continue

@@ -40,6 +40,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from relay import refunds
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
@@ -198,6 +199,13 @@ class PostgresStore(Store):
             now = event.received_at
             rows: list[tuple[int, str]] = []
             for conversion in conversions:
+                prefix = refunds.earlier_prefix(conversion)
+                if prefix is not None:  # a cumulative refund: record only what is new
+                    delta = await self._refund_delta(conn, conversion, prefix)
+                    if delta is None:
+                        result.known.append(conversion)
+                        continue
+                    conversion = delta
                 ckey = customer_key(conversion)
                 if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
                     cur = await conn.execute(
@@ -238,6 +246,30 @@ class PostgresStore(Store):
                 await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
                 result.deliveries = len(rows)
         return result
+
+    async def _refund_delta(
+        self, conn: psycopg.AsyncConnection[Any], conversion: Conversion, prefix: str
+    ) -> Conversion | None:
+        """The refund of this event alone, from the cumulative amount and the refunds of the
+        same object already recorded; None when nothing new was refunded. The advisory lock
+        keeps two processes from computing a delta for the same object at once."""
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"{conversion.source}:{prefix}",),
+        )
+        cur = await conn.execute(
+            "SELECT 1 FROM conversions WHERE source = %s AND kind = %s AND order_key = %s",
+            (conversion.source, conversion.kind, conversion.order_key),
+        )
+        if await cur.fetchone() is not None:
+            return None
+        cur = await conn.execute(
+            "SELECT data FROM conversions WHERE source = %s AND kind = 'refund'"
+            " AND starts_with(order_key, %s)",
+            (conversion.source, prefix),
+        )
+        earlier = [Conversion.from_json(row[0]).total or 0 for row in await cur.fetchall()]
+        return refunds.refund_delta(conversion, earlier)
 
     async def claim(
         self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float

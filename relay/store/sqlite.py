@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from relay import refunds
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
@@ -273,6 +274,24 @@ def _record(
     result = Recorded(duplicate=False)
     now = event.received_at
     for conversion in conversions:
+        prefix = refunds.earlier_prefix(conversion)
+        if prefix is not None:  # a cumulative refund: record only what is new
+            exists = conn.execute(
+                "SELECT 1 FROM conversions WHERE source = ? AND kind = ? AND order_key = ?",
+                (conversion.source, conversion.kind, conversion.order_key),
+            ).fetchone()
+            earlier = conn.execute(
+                "SELECT data FROM conversions WHERE source = ? AND kind = 'refund'"
+                " AND substr(order_key, 1, length(?)) = ?",
+                (conversion.source, prefix, prefix),
+            ).fetchall()
+            delta = None if exists else refunds.refund_delta(
+                conversion, [Conversion.from_json(row[0]).total or 0 for row in earlier]
+            )
+            if delta is None:
+                result.known.append(conversion)
+                continue
+            conversion = delta
         ckey = customer_key(conversion)
         if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
             prior = conn.execute(

@@ -341,3 +341,39 @@ async def test_requeue_skipped_only_when_asked(store: Store) -> None:
     assert await store.requeue(destination="simmer", now=now, statuses=(SKIPPED,)) == 1
     [claim] = await store.claim(list(DESTS), 10, 30, now + 1)
     assert claim.destination == "simmer" and claim.attempt == 1
+
+
+def cumulative_refund(cumulative_cents: int) -> Conversion:
+    from relay import refunds
+
+    return Conversion(
+        source="lemonsqueezy", kind="refund",
+        order_key=refunds.cumulative_key("order-1", cumulative_cents),
+        occurred_at=datetime.now(UTC), currency="USD",
+        total=Decimal(cumulative_cents).scaleb(-2),
+        refs={refunds.CUMULATIVE_REF: "order-1"},
+    )
+
+
+async def test_cumulative_refunds_are_recorded_as_deltas(store: Store) -> None:
+    first = await store.record(event("evt_r1"), [cumulative_refund(1000)], everywhere)
+    assert [c.total for c in first.conversions] == [Decimal("10.00")]
+    second = await store.record(event("evt_r2"), [cumulative_refund(1500)], everywhere)
+    assert [c.total for c in second.conversions] == [Decimal("5.00")]  # not 15.00
+    assert second.deliveries == 2
+    late = await store.record(event("evt_r0"), [cumulative_refund(1000)], everywhere)  # replayed
+    assert late.conversions == [] and late.deliveries == 0
+    smaller = await store.record(event("evt_r3"), [cumulative_refund(1200)], everywhere)  # out of order
+    assert smaller.conversions == [] and smaller.deliveries == 0
+    [claim, *_] = await store.claim(["simmer"], 10, 30, time.time())
+    assert claim.conversion.total in (Decimal("10.00"), Decimal("5.00"))
+
+
+async def test_concurrent_cumulative_refunds_never_double_count(opener) -> None:
+    stores = [await opener() for _ in range(2)]
+    results = await asyncio.gather(
+        stores[0].record(event("evt_c1"), [cumulative_refund(1000)], everywhere),
+        stores[1].record(event("evt_c2"), [cumulative_refund(1500)], everywhere),
+    )
+    recorded = sum((r.conversions for r in results), [])
+    assert sum(c.total for c in recorded) == Decimal("15.00")
