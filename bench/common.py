@@ -227,16 +227,26 @@ def write_requests(path: Path, requests: list[bytes]) -> None:
 
 
 def run_wrk(url: str, requests_file: Path, *, seconds: float, connections: int, threads: int,
-            wrap: bool) -> dict[str, Any]:
+            wrap: bool, stop_when: Any = None) -> dict[str, Any]:
     """wrk with bench/wrk.lua: cycles through the pre-signed requests (wrap) or stops each
     thread when its share is used up (no wrap: every request is a new event)."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get update && apt-get install -y wrk")
-    out = subprocess.run(
+    # wrk's main thread sleeps for the whole duration even when every thread has stopped;
+    # SIGINT ends it early and it still prints its summary (stop_when() decides).
+    proc = subprocess.Popen(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "10s",
          "-s", str(BENCH / "wrk.lua"), url, "--", str(requests_file), "wrap" if wrap else "once", str(threads)],
-        capture_output=True, text=True, timeout=seconds + 120,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    deadline = time.time() + seconds + 120
+    while proc.poll() is None and time.time() < deadline:
+        if stop_when is not None and stop_when():
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate(timeout=max(1, deadline - time.time()))
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr}\n{out.stdout}")
     for line in out.stdout.splitlines():
