@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.setup(settings.log_level)
+    # The event loop hands each commit's fsync to a thread; that thread must get the GIL
+    # back quickly when the fsync ends, or every batch waits the default 5 ms switch
+    # interval behind request parsing (measured: ~+15 % ingest with 0.5 ms).
+    sys.setswitchinterval(0.0005)
     try:
         COMMANDS[args.command](settings, args)
     except (ConfigError, StoreError) as exc:
