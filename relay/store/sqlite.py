@@ -52,6 +52,7 @@ from relay.store import (
 log = logging.getLogger("relay.store")
 SCHEMA_VERSION = 1
 MAX_BATCH = 512
+WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
 
 
@@ -70,6 +71,7 @@ class SQLiteStore(Store):
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._kick: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -89,6 +91,11 @@ class SQLiteStore(Store):
         if self._runner is None or self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         assert self._kick is not None
         self._kick.set()
         with contextlib.suppress(Exception):
@@ -248,6 +255,33 @@ class SQLiteStore(Store):
         return await fut
 
     # ------------------------------------------------------------ interface
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Wake the worker when another process commits (`relay worker` beside `relay serve
+        --no-worker` on one file): `PRAGMA data_version` changes on every commit made by
+        another connection. It is read from memory, so polling it every 100 ms costs
+        next to nothing; the worker's own polling stays the safety net."""
+        if self._watcher is not None:
+            return
+        conn = await asyncio.to_thread(
+            sqlite3.connect, self.path, isolation_level=None, check_same_thread=False
+        )
+        self._watcher = asyncio.create_task(self._watch(conn, wake), name="relay-sqlite-watch")
+
+    async def _watch(self, conn: sqlite3.Connection, wake: Callable[[], None]) -> None:
+        try:
+            last = None
+            while True:
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    version = None
+                if version != last and last is not None:
+                    wake()
+                last = version
+                await asyncio.sleep(WATCH_SECONDS)
+        finally:
+            conn.close()
 
     async def ping(self) -> None:
         await self._call(_ping)
