@@ -21,14 +21,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from relay.conversion import Conversion
-from relay.destinations import DELIVERED, FAILED, RETRY, Destination, Outcome, Skip, redact
+from relay.destinations import (
+    DELIVERED,
+    FAILED,
+    RETRY,
+    Destination,
+    Outcome,
+    Skip,
+    classify,
+    redact,
+)
 from relay.errors import EnrichmentUnavailable, StoreError
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings
@@ -74,7 +83,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], list[Claim]] = {}  # task → claims it holds
-        self._concluding: set[asyncio.Task[None]] = set()  # settlements shielded from shutdown
+        self._concluding: dict[asyncio.Task[None], list[Claim]] = {}  # shielded settlements
         self._slot_free = asyncio.Event()
         self._paused_until: dict[str, float] = {}
 
@@ -178,7 +187,8 @@ class Worker:
         lease = self.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            claims = [c for group in self._inflight.values() for c in group]
+            claims = [c for group in (*self._inflight.values(), *self._concluding.values())
+                      for c in group]
             if not claims:
                 continue
             try:
@@ -206,20 +216,22 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _drain(self) -> None:
-        if not self._inflight:
-            return
-        grace = self.settings.shutdown_grace_seconds
-        log.info(
-            "worker: waiting up to %.0f s for %d in-flight deliveries",
-            grace, sum(map(len, self._inflight.values())),
-        )
-        _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-        if self._concluding:
-            await asyncio.wait(set(self._concluding), timeout=5)
+        """Let in-flight deliveries finish for the grace period, cancel the rest (they hand
+        their claims back), then wait for every answered request's outcome to be written
+        (the heartbeat keeps those leases meanwhile)."""
+        if self._inflight:
+            grace = self.settings.shutdown_grace_seconds
+            log.info(
+                "worker: waiting up to %.0f s for %d in-flight deliveries",
+                grace, sum(map(len, self._inflight.values())),
+            )
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._concluding:  # answered requests: their outcome must be written
+            await asyncio.wait(set(self._concluding), timeout=self.settings.lease_seconds)
 
     def _groups(self, claims: list[Claim]) -> list[list[Claim]]:
         """Claims of a batching destination (max_batch > 1) in chunks; others alone."""
@@ -247,16 +259,32 @@ class Worker:
         cannot take a resend → ambiguous; enrichment; a Skip → skipped); the rest share
         one rate slot, one request and one response, and each is settled from it. Once
         a response is in hand its settlement is shielded from shutdown and retried on
-        store errors: an answered request is never handed back to be sent again."""
+        store errors: an answered request is never handed back to be sent again.
+        `on_wire` holds the claims whose request may have reached the destination; only
+        those are ambiguous when something goes wrong."""
         name = claims[0].destination
         dest = self.destinations[name]
         unsettled = list(claims)
+        on_wire: set[int] = set()  # delivery ids whose request is (or was) being sent
         started = time.time()
-        sending = False
 
         async def settle(claim: Claim, settlement: Settlement) -> None:
-            unsettled.remove(claim)
             await self._settle(claim, settlement, _tag(claim))
+            unsettled.remove(claim)
+
+        async def send(batch: list[Claim], request: httpx.Request) -> tuple[Outcome, int | None, bool]:
+            on_wire.update(c.delivery_id for c in batch)
+            return await self._send(name, dest, request)
+
+        async def conclude(answers: list[tuple[Claim, tuple[Outcome, int | None, bool]]],
+                           batch: int, sent_at: float) -> None:
+            elapsed = (time.time() - sent_at) * 1000
+            for claim, _ in answers:
+                unsettled.remove(claim)
+            task = asyncio.create_task(self._conclude_all(dest, answers, batch, sent_at, elapsed))
+            self._concluding[task] = [claim for claim, _ in answers]
+            task.add_done_callback(self._concluded)
+            await asyncio.shield(task)
 
         try:
             now = datetime.now(UTC)
@@ -274,8 +302,7 @@ class Worker:
                         conv = await self.enrich(conv, name)
                     except EnrichmentUnavailable as exc:  # the data exists; try again later
                         await self._conclude(claim, dest, Outcome(RETRY, str(exc), exc.retry_after),
-                                             None, False,
-                                             started, 0.0)
+                                             None, False, started, 0.0)
                         unsettled.remove(claim)
                         continue
                     except Exception as exc:  # optional data: deliver without it
@@ -292,48 +319,71 @@ class Worker:
             if not ready:
                 return
             request = ready[0][1] if len(ready) == 1 else dest.build_batch(conversions, now)
-            per_minute = dest.settings.rate_limit_per_minute
-            if per_minute:
-                wait = await self._rate_slot(name, per_minute)
-                if wait > 0:
-                    # Stop claiming for this destination until a slot frees up.
-                    self._pause(name, wait)
-                    for claim, _ in ready:
-                        await settle(claim, Settlement(
-                            S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False))
-                    return
+            if not await self._take_slot(name, dest, [claim for claim, _ in ready], settle):
+                return
             started = time.time()
-            sending = True
-            result = await self._send(name, dest, request)
-            answers = [(claim, result) for claim, _ in ready]
+            result = await send([claim for claim, _ in ready], request)
             if len(ready) > 1 and result[0].kind == FAILED and result[1] == 400:
                 # The batch was refused whole (nothing accepted): one bad event must not
-                # sink the others, so each goes on its own.
+                # sink the others, so each goes on its own, with its own rate slot.
                 log.warning("batch of %d refused by %s (%s); sending one by one",
                             len(ready), name, result[0].detail)
-                answers = [(claim, await self._send(name, dest, single)) for claim, single in ready]
-            sending = False
-            elapsed = (time.time() - started) * 1000
-            unsettled.clear()
-            batch = len(ready) if answers[0][1] is result else 1
-            conclusion = asyncio.create_task(self._conclude_all(dest, answers, batch, started, elapsed))
-            self._concluding.add(conclusion)
-            conclusion.add_done_callback(self._concluding.discard)
-            await asyncio.shield(conclusion)
+                on_wire.clear()
+                for i, (claim, single) in enumerate(ready):
+                    if not await self._take_slot(name, dest, [c for c, _ in ready[i:]], settle):
+                        return
+                    sent_at = time.time()
+                    answer = await send([claim], single)
+                    await conclude([(claim, answer)], 1, sent_at)
+                return
+            await conclude([(claim, result) for claim, _ in ready], len(ready), started)
         except asyncio.CancelledError:
             # Shutdown: hand back what was not answered. A request cut off mid-send is ambiguous.
             for claim in list(unsettled):
-                await self._hand_back(claim, dest, sending, started)
+                await self._hand_back(claim, dest, claim.delivery_id in on_wire, started)
             raise
         except Exception as exc:  # a bug or a store failure: hand them back for a later try
             log.exception("delivery error destination=%s", name)
             detail = f"internal error: {_err(exc)}"
             for claim in list(unsettled):
-                with contextlib.suppress(Exception):
-                    await self.store.settle(claim, Settlement(
+                sent = claim.delivery_id in on_wire
+                if sent and not dest.resend_ambiguous:
+                    settlement = Settlement(S_FAILED, error="ambiguous: " + detail, attempt=Attempt(
+                        started, 0.0, "ambiguous", None, detail))
+                elif claim.attempt >= dest.settings.max_attempts:
+                    settlement = Settlement(S_FAILED, error=f"gave up after {claim.attempt} attempts: "
+                                            + detail, attempt=Attempt(started, 0.0, "error", None, detail))
+                else:
+                    settlement = Settlement(
                         S_PENDING, next_attempt_at=time.time() + self.settings.retry_base_seconds,
-                        error=detail, count_attempt=sending,
-                        attempt=Attempt(started, 0.0, "error", None, detail)), time.time())
+                        error=detail, count_attempt=sent,
+                        attempt=Attempt(started, 0.0, "error", None, detail))
+                with contextlib.suppress(Exception):
+                    await self.store.settle(claim, settlement, time.time())
+
+    async def _take_slot(
+        self,
+        name: str,
+        dest: Destination,
+        claims: list[Claim],
+        settle: Callable[[Claim, Settlement], Awaitable[None]],
+    ) -> bool:
+        """A rate-limit slot for one request; without one, these claims go back to wait for
+        it (not a spent attempt) and the destination is paused. True when the slot is ours."""
+        per_minute = dest.settings.rate_limit_per_minute
+        if not per_minute:
+            return True
+        wait = await self._rate_slot(name, per_minute)
+        if wait <= 0:
+            return True
+        self._pause(name, wait)  # stop claiming for this destination until a slot frees up
+        for claim in claims:
+            await settle(claim, Settlement(
+                S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False))
+        return False
+
+    def _concluded(self, task: asyncio.Task[None]) -> None:
+        self._concluding.pop(task, None)
 
     async def _conclude_all(
         self,
@@ -358,19 +408,30 @@ class Worker:
         """Send one request: (outcome, status code, ambiguous).
 
         The whole exchange is bounded (twice the per-phase timeout), so a server that
-        trickles its answer cannot hold a delivery forever."""
+        trickles its answer cannot hold a delivery forever. Once the status line has
+        arrived, that status is the answer even when the body cannot be read."""
         deadline = 2 * dest.settings.timeout_seconds
+        response: httpx.Response | None = None
         try:
             async with asyncio.timeout(deadline):
-                response = await self._client(name).send(request)
-                await response.aread()
+                response = await self._client(name).send(request, stream=True)
+                try:
+                    await response.aread()
+                except httpx.HTTPError:
+                    pass  # a broken or cut-off body: the status still says what happened
+                finally:
+                    await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(RETRY, f"connect: {_err(exc)}"), None, False
         except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
             return Outcome(RETRY, f"{_kind(exc)}: {_err(exc)}"), None, True
         except TimeoutError:
-            return Outcome(RETRY, f"timeout: no complete answer within {deadline:.0f} s"), None, True
-        return dest.classify(response), response.status_code, False
+            if response is None:
+                return Outcome(RETRY, f"timeout: no answer within {deadline:.0f} s"), None, True
+        try:
+            return dest.classify(response), response.status_code, False
+        except Exception:  # a classifier that needed the body it could not read
+            return classify(response), response.status_code, False
 
     async def _hand_back(self, claim: Claim, dest: Destination, sending: bool, started: float) -> None:
         """Shutdown: return the delivery. A request cut off mid-send is ambiguous."""

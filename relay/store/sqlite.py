@@ -85,7 +85,7 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from None
         self._closed = False
         self._kick = asyncio.Event()
-        self._runner = asyncio.create_task(self._run(), name="relay-sqlite")
+        self._runner = asyncio.create_task(self._run(self._conn, self._kick), name="relay-sqlite")
 
     async def close(self) -> None:
         if self._runner is None or self._closed:
@@ -98,11 +98,14 @@ class SQLiteStore(Store):
             self._watcher = None
         assert self._kick is not None
         self._kick.set()
+        runner, conn = self._runner, self._conn
+        self._runner, self._conn = None, None
+        if conn is not None:  # closed once the runner has answered its last batch
+            runner.add_done_callback(lambda _: conn.close())
         with contextlib.suppress(Exception):
-            await self._runner
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            # Shielded: a caller cancelled while closing must not abandon a batch whose
+            # lock wait or commit is running in a thread.
+            await asyncio.shield(runner)
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -143,19 +146,18 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
             raise
 
-    async def _run(self) -> None:
-        assert self._kick is not None
+    async def _run(self, conn: sqlite3.Connection, kick: asyncio.Event) -> None:
         while True:
             if not self._pending:
                 if self._closed:
                     return
-                self._kick.clear()
-                await self._kick.wait()
+                kick.clear()
+                await kick.wait()
                 continue
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             try:
-                await self._run_batch(batch)
+                await self._run_batch(conn, batch)
             except Exception:  # never let the runner die: callers would hang
                 log.exception("sqlite runner: unexpected error")
                 for _, _, fut in batch:
@@ -163,16 +165,23 @@ class SQLiteStore(Store):
                         fut.set_exception(StoreError("database error"))
 
     async def _run_batch(
-        self, batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]]
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]],
     ) -> None:
         """Run a batch in one transaction and commit once.
 
         Every caller is answered whatever happens: if SQLite abandons the whole
         transaction (disk full, I/O error), every call of the batch fails, including
         those that had succeeded, since nothing of them is durable."""
-        conn = self._conn
-        assert conn is not None
         batch = [item for item in batch if not item[2].done()]  # callers that gave up
+        committed = []
+
+        def commit() -> None:
+            conn.execute("COMMIT")
+            committed.append(True)
+
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             await self._begin(conn)
             try:
@@ -183,14 +192,28 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
                 await self._begin(conn)
                 results = self._run_guarded(conn, batch)
-            await asyncio.to_thread(conn.execute, "COMMIT")  # the fsync: off the event loop
-        except Exception as exc:
+            await self._in_thread(commit)  # the fsync: off the event loop
+        except BaseException as exc:  # cancellation included: every caller gets an answer
+            if committed:  # cancelled while the commit ran to its end: the results stand
+                self._answer(results)
+                raise
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            log.error("sqlite transaction failed: %s", exc)
-            err = StoreError(f"database is unavailable: {exc}")
-            results = [(fut, None, err) for _, _, fut in batch]
+            if isinstance(exc, Exception):
+                log.error("sqlite transaction failed: %s", exc)
+            err = StoreError(f"database is unavailable: {exc}" if isinstance(exc, Exception)
+                             else "store is closing")
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._answer(results)
+
+    @staticmethod
+    def _answer(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
         for fut, value, error in results:
             if fut.done():
                 continue
@@ -222,6 +245,19 @@ class SQLiteStore(Store):
                 results.append((fut, None, exc))
         return results
 
+    @staticmethod
+    async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking sqlite3 call in a thread. If the caller is cancelled meanwhile,
+        wait for the call to end anyway: the connection must not be used by two threads,
+        nor a transaction left open behind the caller's back."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+
     async def _begin(self, conn: sqlite3.Connection) -> None:
         """Take the write lock: at once when free (the usual case), else wait for it in a
         thread, up to busy_timeout, so the event loop never blocks on another process."""
@@ -230,7 +266,7 @@ class SQLiteStore(Store):
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
-            await asyncio.to_thread(self._begin_waiting, conn)
+            await self._in_thread(self._begin_waiting, conn)
 
     def _begin_waiting(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
@@ -264,8 +300,8 @@ class SQLiteStore(Store):
         if self._watcher is not None:
             return
         conn = await asyncio.to_thread(
-            sqlite3.connect, self.path, isolation_level=None, check_same_thread=False
-        )
+            sqlite3.connect, self.path, isolation_level=None, check_same_thread=False, timeout=0
+        )  # timeout 0: a busy file reads as "no change", never stalls the event loop
         self._watcher = asyncio.create_task(self._watch(conn, wake), name="relay-sqlite-watch")
 
     async def _watch(self, conn: sqlite3.Connection, wake: Callable[[], None]) -> None:
@@ -364,10 +400,13 @@ def _record(
                 "SELECT 1 FROM conversions WHERE source = ? AND kind = ? AND order_key = ?",
                 (conversion.source, conversion.kind, conversion.order_key),
             ).fetchone()
+            # A range on the unique (source, kind, order_key) index: the prefix ends with
+            # ':' and ';' is the next character, so [prefix, prefix[:-1] + ';') is exactly
+            # the keys that start with it (BINARY collation).
             earlier = conn.execute(
                 "SELECT data FROM conversions WHERE source = ? AND kind = 'refund'"
-                " AND substr(order_key, 1, length(?)) = ?",
-                (conversion.source, prefix, prefix),
+                " AND order_key >= ? AND order_key < ?",
+                (conversion.source, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
             ).fetchall()
             delta = None if exists else refunds.refund_delta(
                 conversion, [Conversion.from_json(row[0]).total or 0 for row in earlier]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -47,3 +48,34 @@ async def test_disk_full_fails_the_batch_and_the_store_recovers(tmp_path: Path) 
         await store.ping()
     finally:
         await store.close()
+
+
+async def test_close_while_a_batch_commits_answers_everyone_and_can_reopen(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'relay.db'}")
+    await store.open()
+    calls = [asyncio.ensure_future(store.record(
+        EventRecord("stripe", f"evt_{i}", "t", time.time(), b"{}"), [conversion(f"ord_{i}")], everywhere))
+        for i in range(50)]
+    await asyncio.sleep(0)  # queued, batch starting
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    closing.cancel()  # the closer gives up: the batch must still end cleanly
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    assert all(not isinstance(r, BaseException) or isinstance(r, StoreError) for r in results)
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    await asyncio.sleep(0.2)
+    store2 = SQLiteStore(f"sqlite:///{tmp_path / 'relay.db'}")
+    await store2.open()  # the write lock was not left behind
+    try:
+        recorded = await store2.record(EventRecord("stripe", "evt_after", "t", time.time(), b"{}"),
+                                       [conversion("ord_after")], everywhere)
+        assert not recorded.duplicate
+        ok = [r for r in results if not isinstance(r, BaseException)]
+        with sqlite3.connect(tmp_path / "relay.db") as conn:  # every success is really stored
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == len(ok) + 1
+    finally:
+        await store2.close()
+    await store.open()  # and the first store can be opened again
+    await store.ping()
+    await store.close()
