@@ -8,9 +8,21 @@ server-side parameters natively — no second driver for the listener.
 - Schema: `postgres.sql`, applied by `open()` (and so by `relay migrate`) in one
   transaction under `pg_advisory_xact_lock`, so processes starting together
   serialize instead of racing on CREATE TABLE.
-- `record()`: one transaction; events and conversions deduplicated with
-  `INSERT … ON CONFLICT DO NOTHING RETURNING`; then `pg_notify` so idle workers in
-  other processes wake at once (delivered on commit).
+- `record()`: group commit, as in the SQLite store. Calls are queued; a runner takes
+  all those waiting (up to MAX_BATCH) and records them in one transaction on one pooled
+  connection with one commit and one `pg_notify` (so idle workers in other processes
+  wake at once; delivered on commit); each caller is answered only after that commit.
+  Up to BATCH_CONCURRENCY batches run at once. A batch is set-based: multi-row
+  `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING` for events and for
+  conversions (+ their deliveries in the same statement), sent in pipeline mode: two
+  round trips per batch, not ~5 per webhook. New-customer derivation and cumulative
+  refunds are decided in Python from what the ledger holds plus the batch's earlier
+  calls, so a batch gives the same answers as its calls recorded one after the other.
+  Any failure but a lost connection redoes the batch call by call, each in a savepoint
+  (one bad call fails alone); a lost transaction fails every call of the batch.
+  Deadlocks between batches of several processes are avoided by one lock order: the
+  advisory locks of all cumulative refunds of the batch first (sorted by lock key), then
+  event rows (sorted), then conversion rows (sorted).
 - `claim()`: one statement, `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)
   RETURNING …`: concurrent workers never get the same row. The lease ends by time;
   a claim taken over from a dead worker is flagged `recovered` (computed from the
@@ -32,6 +44,8 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -41,7 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from relay import refunds
-from relay.conversion import REVENUE_KINDS, Conversion
+from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
@@ -74,6 +88,73 @@ CONNECT_OPTIONS = {
 }
 LISTEN_HEALTH_SECONDS = 30.0  # the listener checks its connection this often when idle
 LISTEN_BACKOFF = (0.2, 10.0)  # first and longest wait between listener reconnects
+MAX_BATCH = 256  # record() calls sharing one transaction and one commit
+BATCH_CONCURRENCY = 2  # batches in flight at once per store (each on its own connection)
+
+
+@dataclass(slots=True)
+class _Call:
+    event: EventRecord
+    conversions: Sequence[Conversion]
+    destinations_for: Callable[[Conversion], Sequence[str]]
+    fut: asyncio.Future[Recorded]
+
+
+# The group-commit statements (see PostgresStore._record_batch). Rows go in sorted by key:
+# every batch takes its row locks in the same order, so two batches cannot deadlock.
+# Advisory locks of every cumulative refund of a batch, in the order of their keys: volatile
+# functions in the select list are evaluated after the sort.
+_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(k) FROM"
+    " (SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(%b::text[]) AS x) AS keys"
+    " ORDER BY k"
+)
+_EVENTS_SQL = (
+    "INSERT INTO events (source, event_id, event_type, received_at, body)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[])"
+    " ON CONFLICT (source, event_id) DO NOTHING RETURNING id, source, event_id"
+)
+_CUSTOMERS_SQL = (
+    "SELECT DISTINCT c.source, c.customer_key"
+    " FROM unnest(%b::text[], %b::text[]) AS t (source, customer_key)"
+    " JOIN conversions c ON c.source = t.source AND c.customer_key = t.customer_key"
+    " WHERE c.kind IN ('purchase', 'subscription_renewed')"
+)
+_EXISTING_SQL = (
+    "SELECT c.source, c.kind, c.order_key"
+    " FROM unnest(%b::text[], %b::text[], %b::text[]) AS t (source, kind, order_key)"
+    " JOIN conversions c USING (source, kind, order_key)"
+)
+_EARLIER_SQL = (
+    "SELECT t.source, t.prefix, c.data FROM unnest(%b::text[], %b::text[]) AS t (source, prefix)"
+    " JOIN conversions c ON c.source = t.source AND c.kind = 'refund'"
+    " AND starts_with(c.order_key, t.prefix)"
+)
+# Conversions (deduped by ON CONFLICT), the deliveries of those really inserted, and one
+# pg_notify when there is any: one statement.
+_CONVERSIONS_SQL = """
+WITH ins AS (
+    INSERT INTO conversions (source, kind, order_key, event_row, customer_key, occurred_at,
+                             created_at, data)
+    SELECT * FROM unnest(%(source)b::text[], %(kind)b::text[], %(order_key)b::text[],
+                         %(event_row)b::bigint[], %(customer_key)b::text[],
+                         %(occurred_at)b::float8[], %(created_at)b::float8[], %(data)b::bytea[])
+    ON CONFLICT (source, kind, order_key) DO NOTHING
+    RETURNING id, source, kind, order_key
+), dl AS (
+    INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at, created_at,
+                            updated_at)
+    SELECT ins.id, t.destination, %(status)s, t.at, t.at, t.at
+      FROM unnest(%(d_source)b::text[], %(d_kind)b::text[], %(d_order_key)b::text[],
+                  %(d_destination)b::text[], %(d_at)b::float8[])
+           AS t (source, kind, order_key, destination, at)
+      JOIN ins USING (source, kind, order_key)
+    RETURNING 1
+), note AS (
+    SELECT pg_notify(%(channel)s, '') FROM (SELECT 1 FROM dl LIMIT 1) AS any_delivery
+)
+SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
+"""
 
 
 class PostgresStore(Store):
@@ -89,6 +170,9 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool | None = None
         self._listeners: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._pending: list[_Call] = []
+        self._kick: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -126,6 +210,8 @@ class PostgresStore(Store):
             raise self._error(f"unavailable at {mask_url(self.url)}", exc) from None
         self._pool = pool
         self._closed = False
+        self._kick = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(), name="relay-pg-record")
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         schema = resources.files("relay.store").joinpath("postgres.sql").read_text()
@@ -144,6 +230,12 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         self._closed = True
+        if self._runner is not None:  # answers what is queued, then stops
+            assert self._kick is not None
+            self._kick.set()
+            with contextlib.suppress(BaseException):
+                await self._runner
+            self._runner = None
         for task in list(self._listeners):
             task.cancel()
         for task in list(self._listeners):
@@ -184,67 +276,342 @@ class PostgresStore(Store):
         conversions: Sequence[Conversion],
         destinations_for: Callable[[Conversion], Sequence[str]],
     ) -> Recorded:
-        async with self._conn("record failed") as conn, conn.transaction():
-            cur = await conn.execute(
-                "INSERT INTO events (source, event_id, event_type, received_at, body)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source, event_id) DO NOTHING"
-                " RETURNING id",
-                (event.source, event.event_id, event.event_type, event.received_at, event.body),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return Recorded(duplicate=True)
-            event_row = row[0]
-            result = Recorded(duplicate=False)
-            now = event.received_at
-            rows: list[tuple[int, str]] = []
-            for conversion in conversions:
-                prefix = refunds.earlier_prefix(conversion)
-                if prefix is not None:  # a cumulative refund: record only what is new
-                    delta = await self._refund_delta(conn, conversion, prefix)
-                    if delta is None:
-                        result.known.append(conversion)
-                        continue
-                    conversion = delta
-                ckey = customer_key(conversion)
-                if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
-                    cur = await conn.execute(
-                        "SELECT 1 FROM conversions WHERE source = %s AND customer_key = %s"
-                        " AND kind IN ('purchase', 'subscription_renewed') LIMIT 1",
-                        (conversion.source, ckey),
+        """Queued for the group-commit runner: answered once the batch's commit is done."""
+        if self._pool is None or self._closed or self._runner is None or self._runner.done():
+            raise StoreError("store is not open")
+        assert self._kick is not None
+        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call(event, conversions, destinations_for, fut))
+        self._kick.set()
+        return await fut
+
+    # ------------------------------------------------------------ group commit
+
+    async def _run(self) -> None:
+        """Take every call waiting, up to MAX_BATCH, and record them in one transaction;
+        up to BATCH_CONCURRENCY batches at once (each on its own pooled connection)."""
+        assert self._kick is not None
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            if not self._pending or len(running) >= BATCH_CONCURRENCY:
+                if not self._pending and self._closed:
+                    break
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            task = asyncio.create_task(self._run_batch(batch), name="relay-pg-batch")
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: self._kick.set() if self._kick else None)
+            await asyncio.sleep(0)  # let the batch start before taking the next one
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _run_batch(self, batch: list[_Call]) -> None:
+        """Record a batch in one transaction, one commit, then answer every caller.
+
+        Fast path: set-based statements in two pipelined round trips. If it fails for any
+        reason other than a lost connection, the batch is redone call by call, each in its
+        own savepoint, so that one bad call fails alone. If the transaction itself is lost
+        (connection gone, commit failed), every caller of the batch gets StoreError:
+        nothing of theirs is known to be durable."""
+        batch = [call for call in batch if not call.fut.done()]  # callers that gave up
+        if not batch:
+            return
+        results: list[Recorded | BaseException]
+        try:
+            async with self._conn("record failed") as conn:
+                try:
+                    results = list(await self._record_batch(conn, batch))
+                except Exception as exc:
+                    if conn.closed or conn.broken:
+                        raise
+                    log.warning(
+                        "store: a batch of %d records failed (%s); redoing it call by call",
+                        len(batch), self._error("record failed", exc),
                     )
-                    prior = await cur.fetchone()
-                    conversion = conversion.replace(new_customer=prior is None)
-                cur = await conn.execute(
-                    "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-                    " occurred_at, created_at, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
-                    (
-                        conversion.source,
-                        conversion.kind,
-                        conversion.order_key,
-                        event_row,
-                        ckey,
-                        conversion.occurred_at.timestamp(),
-                        now,
-                        conversion.to_json(),
-                    ),
+                    results = await self._record_guarded(conn, batch)
+        except Exception as exc:
+            err = exc if isinstance(exc, StoreError) else self._error("record failed", exc)
+            log.error("store: a batch of %d records failed: %s", len(batch), err)
+            results = [err] * len(batch)
+        except BaseException:  # cancelled (shutdown): never leave a caller hanging
+            for call in batch:
+                if not call.fut.done():
+                    call.fut.set_exception(StoreError("store is closing"))
+            raise
+        for call, result in zip(batch, results, strict=True):
+            if call.fut.done():
+                continue
+            if isinstance(result, BaseException):
+                call.fut.set_exception(result)
+            else:
+                call.fut.set_result(result)
+
+    async def _record_batch(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[_Call]
+    ) -> list[Recorded]:
+        """The fast path. Round trip 1: BEGIN, the refund locks, the events (deduped by
+        ON CONFLICT), what the new-customer and refund logic must know from the ledger.
+        Then, in Python, each call in order exactly as `_record_one` would do it, seeing
+        the calls before it in the batch. Round trip 2: conversions (ON CONFLICT), their
+        deliveries and pg_notify in one statement, and COMMIT.
+
+        Locks are taken in one global order so that batches of several processes never
+        deadlock: the advisory locks of every cumulative refund first (sorted by key),
+        then event rows (sorted), then conversion rows (sorted)."""
+        objects: set[tuple[str, str]] = set()  # (source, prefix) of each cumulative refund
+        refund_keys: set[tuple[str, str, str]] = set()
+        customers: set[tuple[str, str]] = set()
+        for call in batch:
+            for conversion in call.conversions:
+                prefix = refunds.earlier_prefix(conversion)
+                if prefix is not None:
+                    objects.add((conversion.source, prefix))
+                    refund_keys.add((conversion.source, conversion.kind, conversion.order_key))
+                elif conversion.new_customer is None and conversion.kind in REVENUE_KINDS:
+                    ckey = customer_key(conversion)
+                    if ckey:
+                        customers.add((conversion.source, ckey))
+        events: dict[tuple[str, str], int] = {}  # (source, event id) -> first call with it
+        for i, call in enumerate(batch):
+            events.setdefault((call.event.source, call.event.event_id), i)
+        event_order = sorted(events)
+
+        async with conn.pipeline(), conn.transaction():
+            if objects:
+                await conn.execute(_LOCK_SQL, ([f"{src}:{prefix}" for src, prefix in objects],))
+            ev_cur = await conn.execute(
+                _EVENTS_SQL,
+                (
+                    [k[0] for k in event_order],
+                    [k[1] for k in event_order],
+                    [batch[events[k]].event.event_type for k in event_order],
+                    [batch[events[k]].event.received_at for k in event_order],
+                    [batch[events[k]].event.body for k in event_order],
+                ),
+            )
+            cust_cur = ex_cur = earlier_cur = None
+            if customers:
+                cust_cur = await conn.execute(
+                    _CUSTOMERS_SQL, ([c[0] for c in customers], [c[1] for c in customers])
                 )
-                inserted = await cur.fetchone()
-                if inserted is None:
+            if refund_keys:
+                ex_cur = await conn.execute(
+                    _EXISTING_SQL,
+                    ([k[0] for k in refund_keys], [k[1] for k in refund_keys],
+                     [k[2] for k in refund_keys]),
+                )
+                earlier_cur = await conn.execute(
+                    _EARLIER_SQL,
+                    ([o[0] for o in objects], [o[1] for o in objects]),
+                )
+            inserted_events = {(src, eid): row for row, src, eid in await ev_cur.fetchall()}
+            known_customers = set(await cust_cur.fetchall()) if cust_cur else set()
+            existing = set(await ex_cur.fetchall()) if ex_cur else set()
+            earlier: dict[tuple[str, str], list[Decimal]] = {}
+            if earlier_cur is not None:
+                for src, prefix, data in await earlier_cur.fetchall():
+                    total = Conversion.from_json(bytes(data)).total or 0
+                    earlier.setdefault((src, prefix), []).append(total)
+
+            # Each call in batch order, as `_record_one` would, the calls before it included.
+            outcomes: list[Recorded] = []
+            plans: list[list[tuple[Conversion, tuple[str, str, str] | None]]] = []
+            planned: dict[tuple[str, str, str], tuple[int, str | None, Conversion, float,
+                                                      Sequence[str]]] = {}
+            for i, call in enumerate(batch):
+                event = call.event
+                key = (event.source, event.event_id)
+                event_row = inserted_events.get(key) if events[key] == i else None
+                if event_row is None:
+                    outcomes.append(Recorded(duplicate=True))
+                    plans.append([])
+                    continue
+                outcomes.append(Recorded(duplicate=False))
+                plan: list[tuple[Conversion, tuple[str, str, str] | None]] = []
+                plans.append(plan)
+                for conversion in call.conversions:
+                    prefix = refunds.earlier_prefix(conversion)
+                    if prefix is not None:
+                        ckey3 = (conversion.source, conversion.kind, conversion.order_key)
+                        delta = None
+                        if ckey3 not in existing and ckey3 not in planned:
+                            delta = refunds.refund_delta(
+                                conversion, earlier.get((conversion.source, prefix), [])
+                            )
+                        if delta is None:
+                            plan.append((conversion, None))
+                            continue
+                        conversion = delta
+                    ckey = customer_key(conversion)
+                    if (
+                        conversion.new_customer is None
+                        and conversion.kind in REVENUE_KINDS
+                        and ckey
+                    ):
+                        prior = (conversion.source, ckey) in known_customers
+                        conversion = conversion.replace(new_customer=not prior)
+                    key3 = (conversion.source, conversion.kind, conversion.order_key)
+                    if key3 in planned:  # an earlier call of the batch has it
+                        plan.append((conversion, None))
+                        continue
+                    if conversion.kind in REVENUE_KINDS and ckey:
+                        known_customers.add((conversion.source, ckey))
+                    if conversion.kind == REFUND and objects:  # later refunds of the object see it
+                        for src, prefix in objects:
+                            if src == conversion.source and conversion.order_key.startswith(prefix):
+                                earlier.setdefault((src, prefix), []).append(
+                                    conversion.total or Decimal(0)
+                                )
+                    planned[key3] = (
+                        event_row, ckey, conversion, event.received_at,
+                        call.destinations_for(conversion),
+                    )
+                    plan.append((conversion, key3))
+
+            conv_cur = None
+            if planned:
+                order = sorted(planned)
+                rows = [planned[k] for k in order]
+                deliveries = [(k, d, p[3]) for k, p in zip(order, rows, strict=True) for d in p[4]]
+                conv_cur = await conn.execute(
+                    _CONVERSIONS_SQL,
+                    {
+                        "source": [k[0] for k in order],
+                        "kind": [k[1] for k in order],
+                        "order_key": [k[2] for k in order],
+                        "event_row": [r[0] for r in rows],
+                        "customer_key": [r[1] for r in rows],
+                        "occurred_at": [r[2].occurred_at.timestamp() for r in rows],
+                        "created_at": [r[3] for r in rows],
+                        "data": [r[2].to_json() for r in rows],
+                        "d_source": [d[0][0] for d in deliveries],
+                        "d_kind": [d[0][1] for d in deliveries],
+                        "d_order_key": [d[0][2] for d in deliveries],
+                        "d_destination": [d[1] for d in deliveries],
+                        "d_at": [d[2] for d in deliveries],
+                        "status": PENDING,
+                        "channel": CHANNEL,
+                    },
+                )
+        # The pipeline's sync is here: the statement above and COMMIT in one round trip.
+        # Committed: durable from here on.
+        inserted = set()
+        if conv_cur is not None:
+            inserted = {(src, kind, key) for _, src, kind, key, _ in await conv_cur.fetchall()}
+
+        for result, plan in zip(outcomes, plans, strict=True):
+            for conversion, key3 in plan:
+                if key3 is None or key3 not in inserted:
+                    result.known.append(conversion)
+                else:
+                    result.conversions.append(conversion)
+                    result.deliveries += len(planned[key3][4])
+        return outcomes
+
+    async def _record_guarded(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[_Call]
+    ) -> list[Recorded | BaseException]:
+        """The slow path: one transaction, each call in its own savepoint, one commit.
+        The refund locks of the whole batch are taken first, in order, as in the fast path."""
+        lock_keys = sorted(
+            {
+                f"{c.source}:{prefix}"
+                for call in batch
+                for c in call.conversions
+                if (prefix := refunds.earlier_prefix(c)) is not None
+            }
+        )
+        results: list[Recorded | BaseException] = []
+        async with conn.transaction():
+            if lock_keys:
+                await conn.execute(_LOCK_SQL, (lock_keys,))
+            for call in batch:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        results.append(
+                            await self._record_one(
+                                conn, call.event, call.conversions, call.destinations_for
+                            )
+                        )
+                except Exception as exc:
+                    if conn.closed or conn.broken:
+                        raise
+                    err = exc if isinstance(exc, StoreError) else self._error("record failed", exc)
+                    results.append(err)
+        return results
+
+    async def _record_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        event: EventRecord,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+    ) -> Recorded:
+        """One call on its own, inside the caller's transaction (or savepoint)."""
+        cur = await conn.execute(
+            "INSERT INTO events (source, event_id, event_type, received_at, body)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source, event_id) DO NOTHING"
+            " RETURNING id",
+            (event.source, event.event_id, event.event_type, event.received_at, event.body),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return Recorded(duplicate=True)
+        event_row = row[0]
+        result = Recorded(duplicate=False)
+        now = event.received_at
+        rows: list[tuple[int, str]] = []
+        for conversion in conversions:
+            prefix = refunds.earlier_prefix(conversion)
+            if prefix is not None:  # a cumulative refund: record only what is new
+                delta = await self._refund_delta(conn, conversion, prefix)
+                if delta is None:
                     result.known.append(conversion)
                     continue
-                result.conversions.append(conversion)
-                rows.extend((inserted[0], d) for d in destinations_for(conversion))
-            if rows:
-                await conn.execute(
-                    "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
-                    " created_at, updated_at)"
-                    " SELECT c, d, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::text[]) AS t (c, d)",
-                    (PENDING, now, now, now, [r[0] for r in rows], [r[1] for r in rows]),
+                conversion = delta
+            ckey = customer_key(conversion)
+            if conversion.new_customer is None and conversion.kind in REVENUE_KINDS and ckey:
+                cur = await conn.execute(
+                    "SELECT 1 FROM conversions WHERE source = %s AND customer_key = %s"
+                    " AND kind IN ('purchase', 'subscription_renewed') LIMIT 1",
+                    (conversion.source, ckey),
                 )
-                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-                result.deliveries = len(rows)
+                prior = await cur.fetchone()
+                conversion = conversion.replace(new_customer=prior is None)
+            cur = await conn.execute(
+                "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
+                " occurred_at, created_at, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
+                (
+                    conversion.source,
+                    conversion.kind,
+                    conversion.order_key,
+                    event_row,
+                    ckey,
+                    conversion.occurred_at.timestamp(),
+                    now,
+                    conversion.to_json(),
+                ),
+            )
+            inserted = await cur.fetchone()
+            if inserted is None:
+                result.known.append(conversion)
+                continue
+            result.conversions.append(conversion)
+            rows.extend((inserted[0], d) for d in destinations_for(conversion))
+        if rows:
+            await conn.execute(
+                "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
+                " created_at, updated_at)"
+                " SELECT c, d, %s, %s, %s, %s FROM unnest(%s::bigint[], %s::text[]) AS t (c, d)",
+                (PENDING, now, now, now, [r[0] for r in rows], [r[1] for r in rows]),
+            )
+            await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            result.deliveries = len(rows)
         return result
 
     async def _refund_delta(

@@ -27,7 +27,7 @@ from relay.store import (
     Store,
     open_store,
 )
-from tests.pgdb import Databases, pg_databases  # noqa: F401 - fixture
+from tests.pgdb import Databases, pg_databases, pg_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -377,3 +377,133 @@ async def test_concurrent_cumulative_refunds_never_double_count(opener) -> None:
     )
     recorded = sum((r.conversions for r in results), [])
     assert sum(c.total for c in recorded) == Decimal("15.00")
+
+
+async def test_concurrent_records_across_instances_recorded_exactly_once(opener) -> None:
+    """Batches of two stores (two processes) racing on the same events and orders."""
+    stores = [await opener() for _ in range(2)]
+    now = time.time()
+    calls = [
+        stores[i % 2].record(event(f"evt_m{i % 150}", now),
+                             [conversion(f"ord_m{i % 120}", customer_id=f"cus_{i % 7}")],
+                             everywhere)
+        for i in range(300)
+    ]
+    results = await asyncio.gather(*calls)
+    fresh = [r for r in results if not r.duplicate]
+    assert len(fresh) == 150  # each event id accepted once, whichever store got it first
+    recorded = [c.order_key for r in fresh for c in r.conversions]
+    assert sorted(recorded) == sorted(f"ord_m{i}" for i in range(120))  # each order once
+    assert sum(len(r.known) for r in fresh) == 30
+    assert sum(r.deliveries for r in results) == 240
+    rows = await stores[0].deliveries(limit=1000)
+    assert len(rows) == 240 and len({(r.order_key, r.destination) for r in rows}) == 240
+
+
+async def test_one_malformed_call_in_a_batch_fails_alone(store: Store) -> None:
+    bad = cumulative_refund(1000).replace(total=None)  # a cumulative refund needs its total
+    calls = [store.record(event(f"evt_ok{i}"), [conversion(f"ord_ok{i}")], everywhere)
+             for i in range(10)]
+    calls.insert(5, store.record(event("evt_bad"), [bad], everywhere))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[5], StoreError)
+    ok = results[:5] + results[6:]
+    assert all(not isinstance(r, BaseException) and r.deliveries == 2 for r in ok), ok
+    assert len(await store.deliveries(limit=100)) == 20
+    # the failed call left nothing behind: its retry (fixed) is not a duplicate
+    again = await store.record(event("evt_bad"), [cumulative_refund(1000)], everywhere)
+    assert not again.duplicate and again.deliveries == 2
+
+
+async def test_one_batch_sees_its_earlier_calls(store: Store) -> None:
+    """Calls sharing a transaction behave as if recorded one after the other."""
+    now = time.time()
+    results = await asyncio.gather(
+        store.record(event("evt_b1", now), [conversion("ord_b1", customer_id="cus_b")], everywhere),
+        store.record(event("evt_b2", now), [conversion("ord_b2", customer_id="cus_b")], everywhere),
+        store.record(event("evt_b3", now), [conversion("ord_b1", customer_id="cus_b")], everywhere),
+        store.record(event("evt_b1", now), [conversion("ord_b9")], everywhere),
+        store.record(event("evt_b4", now), [cumulative_refund(1000)], everywhere),
+        store.record(event("evt_b5", now), [cumulative_refund(2500)], everywhere),
+        store.record(event("evt_b6", now), [cumulative_refund(2500)], everywhere),
+    )
+    assert [c.new_customer for r in results[:2] for c in r.conversions] == [True, False]
+    assert not results[2].conversions and [c.order_key for c in results[2].known] == ["ord_b1"]
+    assert results[3].duplicate and results[3].deliveries == 0
+    refunded = [c.total for r in results[4:] for c in r.conversions]
+    assert refunded == [Decimal("10.00"), Decimal("15.00")] and not results[6].conversions
+    assert len(await store.deliveries(limit=100)) == 8
+
+
+@pytest.mark.postgres
+async def test_postgres_group_commit_and_refund_locks_across_instances(pg_databases) -> None:  # noqa: F811
+    """Concurrent records share transactions; batches of two instances holding refund locks
+    of several objects in opposite orders neither deadlock nor count a refund twice."""
+    import psycopg
+
+    from relay import refunds
+    from relay.store.postgres import PostgresStore
+
+    def refund(obj: str, cents: int) -> Conversion:
+        return cumulative_refund(cents).replace(
+            order_key=refunds.cumulative_key(obj, cents), refs={refunds.CUMULATIVE_REF: obj})
+
+    name, url = pg_databases.create()
+    stores = [PostgresStore(url), PostgresStore(url)]
+    try:
+        for s in stores:
+            await s.open()
+        objects = [f"order-{i}" for i in range(8)]
+        calls = []
+        for step in range(1, 6):
+            for i, obj in enumerate(objects):
+                for k, s in enumerate(stores):  # the other instance walks the objects backwards
+                    o = obj if k == 0 else objects[-1 - i]
+                    calls.append(s.record(event(f"evt_{k}_{o}_{step}"), [refund(o, step * 100)],
+                                          everywhere))
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        totals: dict[str, Decimal] = {}
+        for r in results:
+            for c in r.conversions:
+                obj = c.refs[refunds.CUMULATIVE_REF]
+                totals[obj] = totals.get(obj, Decimal(0)) + c.total
+        assert totals == {obj: Decimal("5.00") for obj in objects}
+        with psycopg.connect(url) as conn:
+            n, transactions = conn.execute(
+                "SELECT count(*), count(DISTINCT xmin::text) FROM events").fetchone()
+        assert n == len(calls) and transactions < n / 4  # group commit
+    finally:
+        for s in stores:
+            await s.close()
+        pg_databases.drop(name)
+
+
+@pytest.mark.postgres
+async def test_postgres_statement_error_fails_its_call_only(pg_url) -> None:  # noqa: F811
+    from relay.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        calls = [store.record(event(f"evt_s{i}"), [conversion(f"ord_s{i}")], everywhere)
+                 for i in range(6)]
+        calls.insert(3, store.record(event("evt_\x00nul"), [conversion("ord_nul")], everywhere))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[3], StoreError)
+        assert all(not isinstance(r, BaseException) and r.deliveries == 2
+                   for r in results[:3] + results[4:])
+        assert len(await store.deliveries(limit=100)) == 12
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_batch_without_destinations_or_customer(store: Store) -> None:
+    nowhere = lambda _: ()  # noqa: E731
+    results = await asyncio.gather(*[
+        store.record(event(f"evt_n{i}"), [conversion(f"ord_n{i}", email=None)], nowhere)
+        for i in range(5)
+    ])
+    assert all(len(r.conversions) == 1 and r.deliveries == 0 for r in results)
+    assert [c.new_customer for r in results for c in r.conversions] == [None] * 5
+    assert await store.deliveries() == []
