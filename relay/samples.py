@@ -256,24 +256,13 @@ def simulate(source: str, settings: Any, event: str | None, **options: Any) -> t
     options = {k: v for k, v in options.items()
                if v is not None and k not in ("anonymous_id", "click_id")}
     options["metadata"] = metadata
-    if source == "stripe":
-        secrets = settings.stripe.webhook_secrets
+    if source in SIGNED:
+        field, default_event, build, sign = SIGNED[source]
+        secrets = getattr(getattr(settings, source), field)
         if not secrets:
-            raise ValueError("RELAY_STRIPE__WEBHOOK_SECRETS is not set")
-        body = orjson.dumps(stripe_event(event or "checkout.session.completed", **options))
-        return body, sign_stripe(body, secrets[0].get_secret_value())
-    if source == "lemonsqueezy":
-        secrets = settings.lemonsqueezy.signing_secret
-        if not secrets:
-            raise ValueError("RELAY_LEMONSQUEEZY__SIGNING_SECRET is not set")
-        body = orjson.dumps(lemonsqueezy_event(event or "order_created", **options))
-        return body, sign_lemonsqueezy(body, secrets[0].get_secret_value())
-    if source == "paddle":
-        secrets = settings.paddle.webhook_secrets
-        if not secrets:
-            raise ValueError("RELAY_PADDLE__WEBHOOK_SECRETS is not set")
-        body = orjson.dumps(paddle_event(event or "transaction.completed", **options))
-        return body, sign_paddle(body, secrets[0].get_secret_value())
+            raise ValueError(f"RELAY_{source.upper()}__{field.upper()} is not set")
+        body = orjson.dumps(build(event or default_event, **options))
+        return body, sign(body, secrets[0].get_secret_value())
     if source == "chargebee":
         cb = settings.chargebee
         if not (cb.username and cb.password):
@@ -281,3 +270,11 @@ def simulate(source: str, settings: Any, event: str | None, **options: Any) -> t
         body = orjson.dumps(chargebee_event(event or "payment_succeeded", **options))
         return body, chargebee_headers(cb.username, cb.password.get_secret_value())
     raise ValueError(f"relay simulate does not know source {source!r}")
+
+
+# source → (settings field holding the secrets, default event, sample builder, signer)
+SIGNED: dict[str, tuple[str, str, Any, Any]] = {
+    "stripe": ("webhook_secrets", "checkout.session.completed", stripe_event, sign_stripe),
+    "lemonsqueezy": ("signing_secret", "order_created", lemonsqueezy_event, sign_lemonsqueezy),
+    "paddle": ("webhook_secrets", "transaction.completed", paddle_event, sign_paddle),
+}
