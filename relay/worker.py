@@ -1,8 +1,9 @@
 """The delivery worker: claim due deliveries → build → send → classify → settle.
 
-- Claims are leased: a worker that dies loses its claims when the lease ends,
-  and the next claim of such a delivery is marked `recovered` (that attempt's
-  fate is unknown).
+- Claims are leased (and the lease renewed while the worker works): a worker
+  that dies loses its claims when the lease ends. For a destination without an
+  idempotency key (pagent) a claim is marked sent just before its request goes
+  out, so a later claim of it knows whether that request may have counted.
 - New work wakes the worker at once (`wake()`, called by the web app in the same
   process, or by the store's notifications); polling every `poll_seconds` is the
   safety net, never the hot path.
@@ -255,8 +256,8 @@ class Worker:
         """Deliver claims of one destination: one request for a single claim, one batch
         request (`build_batch`) for several claims of a batching destination.
 
-        Each claim passes the same gates first (a recovered claim of a destination that
-        cannot take a resend → ambiguous; enrichment; a Skip → skipped); the rest share
+        Each claim passes the same gates first (a claim whose earlier attempt was marked
+        sent before its worker died, for a destination that cannot take a resend → ambiguous; enrichment; a Skip → skipped); the rest share
         one rate slot, one request and one response, and each is settled from it. Once
         a response is in hand its settlement is shielded from shutdown and retried on
         store errors: an answered request is never handed back to be sent again.
@@ -273,6 +274,10 @@ class Worker:
             unsettled.remove(claim)
 
         async def send(batch: list[Claim], request: httpx.Request) -> tuple[Outcome, int | None, bool]:
+            if not dest.resend_ambiguous:
+                # Durably "sent" first: if this worker dies now, the next claim knows the
+                # request may have counted and does not send it again.
+                await self.store.mark_sent(batch)
             on_wire.update(c.delivery_id for c in batch)
             return await self._send(name, dest, request)
 
@@ -291,8 +296,8 @@ class Worker:
             ready: list[tuple[Claim, httpx.Request]] = []
             conversions: list[Conversion] = []
             for claim in claims:
-                if claim.recovered and not dest.resend_ambiguous:
-                    detail = "ambiguous: an earlier attempt was interrupted; not resent (no idempotency key)"
+                if claim.in_doubt and not dest.resend_ambiguous:
+                    detail = "ambiguous: an earlier attempt was interrupted after sending; not resent (no idempotency key)"
                     await settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
                         started, 0.0, "ambiguous", None, detail)))
                     continue

@@ -54,3 +54,34 @@ def test_one_by_one_fallback_takes_a_rate_slot_per_request(tmp_path: Path, pagen
     assert paths == ["/v2/conversions/bulk", "/v2/conversions"]  # 2 per minute: bulk + one single
     assert sorted(r.status for r in rows) == ["delivered", "pending", "pending", "pending"]
     assert all(r.attempts == 0 for r in rows if r.status == "pending")  # waiting is not an attempt
+
+
+def test_pagent_claim_is_resent_only_when_its_dead_worker_had_not_sent_it(tmp_path: Path, pagent_emu):  # noqa: F811
+    pagent_emu.requests.clear()
+    dest = Pagent(PagentSettings(api_key=PAGENT_KEY, url=pagent_emu.url))
+
+    async def run() -> list:
+        store = SQLiteStore(f"sqlite:///{tmp_path / 'c.db'}")
+        await store.open()
+        try:
+            await store.record(EventRecord("stripe", f"evt_{uuid.uuid4().hex}", "t", time.time(), b"{}"),
+                               [sample(), sample()], lambda c: ["pagent"])
+            now = time.time()
+            dead = await store.claim(["pagent"], 10, 0.5, now)  # a worker that then died…
+            await store.mark_sent(dead[:1])  # …after sending the first one only
+            await asyncio.sleep(0.6)  # its leases run out
+            worker = Worker(store, {"pagent": dest}, WorkerSettings(
+                retry_base_seconds=30, poll_seconds=0.2, lease_seconds=30))
+            task = asyncio.create_task(worker.run())
+            await asyncio.sleep(1.0)
+            await worker.stop()
+            await asyncio.wait_for(task, 15)
+            rows = {r.order_key: r for r in await store.deliveries(limit=10)}
+            return [rows[c.conversion.order_key] for c in dead]
+        finally:
+            await store.close()
+
+    sent_before, never_sent = asyncio.run(run())
+    assert sent_before.status == "failed" and sent_before.last_error.startswith("ambiguous")
+    assert never_sent.status == "delivered"
+    assert len(pagent_emu.requests) == 1  # only the one that had not gone out

@@ -56,7 +56,8 @@ class Claim:
     conversion: Conversion
     lease_token: str
     created_at: float  # when the conversion was recorded
-    recovered: bool = False  # an earlier claim's lease ran out: that attempt's fate is unknown
+    recovered: bool = False  # an earlier claim's lease ran out before it settled
+    in_doubt: bool = False  # …and that claim had marked its request as sent (`mark_sent`)
 
 
 @dataclass(slots=True)
@@ -130,6 +131,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
         """Record an attempt's result; False when the lease was lost (someone else owns it)."""
+
+    @abc.abstractmethod
+    async def mark_sent(self, claims: Sequence[Claim]) -> None:
+        """Record, durably, that these claims' request is about to go out. If the worker
+        dies before settling, the next claim is `in_doubt`; without the mark it is not,
+        and a destination without an idempotency key can be sent to safely."""
 
     @abc.abstractmethod
     async def extend(self, claims: Sequence[Claim], until: float) -> None:

@@ -71,7 +71,7 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 POOL_MIN = 1
@@ -221,12 +221,13 @@ class PostgresStore(Store):
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             row = await cur.fetchone()
             current = row[0] if row else None
-            if current is None:
-                await conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
-            elif current > SCHEMA_VERSION:
+            if current is not None and current > SCHEMA_VERSION:  # rolls the script back
                 raise StoreError(
                     f"database schema {current} is newer than this relay ({SCHEMA_VERSION})"
                 )
+            if current != SCHEMA_VERSION:  # created, or upgraded by the idempotent script
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
         self._closed = True
@@ -650,7 +651,9 @@ class PostgresStore(Store):
                 UPDATE deliveries d
                    SET lease_until = %(until)s, lease_token = %(token)s,
                        attempts = d.attempts + 1, updated_at = %(now)s,
-                       recovered = d.lease_token IS NOT NULL
+                       recovered = d.lease_token IS NOT NULL,
+                       in_doubt = d.lease_token IS NOT NULL
+                                  AND d.sent_attempt IS NOT DISTINCT FROM d.attempts
                   FROM (SELECT id FROM deliveries
                          WHERE status = 'pending' AND destination = ANY(%(dests)s)
                            AND next_attempt_at <= %(now)s
@@ -661,7 +664,7 @@ class PostgresStore(Store):
                        conversions c
                  WHERE d.id = due.id AND c.id = d.conversion_id
                 RETURNING d.id, d.conversion_id, d.destination, d.attempts, d.recovered,
-                          c.data, c.created_at
+                          d.in_doubt, c.data, c.created_at
                 """,
                 {
                     "until": now + lease_seconds,
@@ -682,8 +685,10 @@ class PostgresStore(Store):
                 lease_token=token,
                 created_at=created,
                 recovered=bool(recovered),
+                in_doubt=bool(in_doubt),
             )
-            for delivery_id, conversion_id, destination, attempts, recovered, data, created in rows
+            for delivery_id, conversion_id, destination, attempts, recovered, in_doubt, data, created
+            in rows
         ]
 
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
@@ -714,6 +719,7 @@ class PostgresStore(Store):
                            next_attempt_at = COALESCE(%(next)s::double precision, next_attempt_at),
                            attempts = attempts - %(spent)s::integer,
                            lease_until = NULL, lease_token = NULL, recovered = false,
+                           in_doubt = false,
                            last_status_code = COALESCE(%(code)s::integer, last_status_code),
                            last_error = CASE WHEN %(status)s = 'delivered' THEN last_error
                                              ELSE COALESCE(%(error)s::text, last_error) END,
@@ -736,6 +742,17 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
         return bool(row and row[0])
+
+    async def mark_sent(self, claims: Sequence[Claim]) -> None:
+        if not claims:
+            return
+        async with self._conn("marking a send failed") as conn:
+            await conn.execute(
+                "UPDATE deliveries d SET sent_attempt = d.attempts"
+                " FROM unnest(%s::bigint[], %s::text[]) AS t (id, token)"
+                " WHERE d.id = t.id AND d.lease_token = t.token",
+                ([c.delivery_id for c in claims], [c.lease_token for c in claims]),
+            )
 
     async def extend(self, claims: Sequence[Claim], until: float) -> None:
         if not claims:
@@ -803,7 +820,8 @@ class PostgresStore(Store):
             args.append(destination)
         query = sql.SQL(
             "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
-            " lease_until = NULL, lease_token = NULL, updated_at = %s WHERE {where}"
+            " sent_attempt = NULL, lease_until = NULL, lease_token = NULL, updated_at = %s"
+            " WHERE {where}"
         ).format(where=sql.SQL(" AND ").join(where))
         async with self._conn("requeue failed") as conn, conn.transaction():
             cur = await conn.execute(query, (now, now, *args))

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at     double precision,
     UNIQUE (conversion_id, destination)
 );
+-- version 2: the sent marker (mark_sent) and the doubt it leaves after a crash
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS in_doubt boolean NOT NULL DEFAULT false;
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
+
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);

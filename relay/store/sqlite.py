@@ -50,7 +50,7 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -134,12 +134,17 @@ class SQLiteStore(Store):
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            if row[0] is None:
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+            if row[0] is not None and row[0] > SCHEMA_VERSION:
                 raise StoreError(
                     f"database schema {row[0]} is newer than this relay ({SCHEMA_VERSION})"
                 )
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(deliveries)")}
+            for column, kind in (("in_doubt", "INTEGER NOT NULL DEFAULT 0"), ("sent_attempt", "INTEGER")):
+                if column not in columns:  # version 1 → 2
+                    conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
+            if row[0] != SCHEMA_VERSION:
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -340,6 +345,10 @@ class SQLiteStore(Store):
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
         return await self._call(_settle, claim, settlement, now)
 
+    async def mark_sent(self, claims: Sequence[Claim]) -> None:
+        if claims:
+            await self._call(_mark_sent, [(c.delivery_id, c.lease_token) for c in claims])
+
     async def extend(self, claims: Sequence[Claim], until: float) -> None:
         if claims:
             await self._call(_extend, [(until, c.delivery_id, c.lease_token) for c in claims])
@@ -466,13 +475,15 @@ def _claim(
         f"""
         UPDATE deliveries
            SET lease_until = ?, lease_token = ?, attempts = attempts + 1, updated_at = ?,
-               recovered = CASE WHEN lease_token IS NULL THEN 0 ELSE 1 END
+               recovered = CASE WHEN lease_token IS NULL THEN 0 ELSE 1 END,
+               in_doubt = CASE WHEN lease_token IS NOT NULL AND sent_attempt = attempts
+                               THEN 1 ELSE 0 END
          WHERE id IN (
                SELECT id FROM deliveries
                 WHERE status = 'pending' AND destination IN ({marks})
                   AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
                 ORDER BY next_attempt_at LIMIT ?)
-        RETURNING id, conversion_id, destination, attempts, recovered
+        RETURNING id, conversion_id, destination, attempts, recovered, in_doubt
         """,  # noqa: S608 - only placeholders are interpolated
         (now + lease_seconds, token, now, *destinations, now, now, limit),
     ).fetchall()
@@ -487,7 +498,7 @@ def _claim(
         )
     )
     claims = []
-    for delivery_id, conversion_id, destination, attempts, recovered in rows:
+    for delivery_id, conversion_id, destination, attempts, recovered, in_doubt in rows:
         raw, created = data[conversion_id]
         claims.append(
             Claim(
@@ -499,6 +510,7 @@ def _claim(
                 lease_token=token,
                 created_at=created,
                 recovered=bool(recovered),
+                in_doubt=bool(in_doubt),
             )
         )
     return claims
@@ -509,7 +521,7 @@ def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -
         """
         UPDATE deliveries
            SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
-               attempts = attempts - ?, lease_until = NULL, lease_token = NULL, recovered = 0,
+               attempts = attempts - ?, lease_until = NULL, lease_token = NULL, recovered = 0, in_doubt = 0,
                last_status_code = COALESCE(?, last_status_code),
                last_error = CASE WHEN ? = 'delivered' THEN last_error ELSE COALESCE(?, last_error) END,
                updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
@@ -547,6 +559,12 @@ def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -
             ),
         )
     return True
+
+
+def _mark_sent(conn: sqlite3.Connection, rows: list[tuple[int, str]]) -> None:
+    conn.executemany(
+        "UPDATE deliveries SET sent_attempt = attempts WHERE id = ? AND lease_token = ?", rows
+    )
 
 
 def _extend(conn: sqlite3.Connection, rows: list[tuple[float, int, str]]) -> None:
@@ -604,7 +622,7 @@ def _requeue(
         args.append(destination)
     cur = conn.execute(
         "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"  # noqa: S608
-        " lease_until = NULL, lease_token = NULL, updated_at = ? WHERE "
+        " sent_attempt = NULL, lease_until = NULL, lease_token = NULL, updated_at = ? WHERE "
         + " AND ".join(where),
         (now, now, *args),
     )

@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 1)
+-- relay ledger, SQLite flavour (schema version 2)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until      REAL,
     lease_token      TEXT,
     recovered        INTEGER NOT NULL DEFAULT 0,
+    in_doubt         INTEGER NOT NULL DEFAULT 0,
+    sent_attempt     INTEGER,
     last_status_code INTEGER,
     last_error       TEXT,
     created_at       REAL    NOT NULL,

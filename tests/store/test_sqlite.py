@@ -79,3 +79,25 @@ async def test_close_while_a_batch_commits_answers_everyone_and_can_reopen(tmp_p
     await store.open()  # and the first store can be opened again
     await store.ping()
     await store.close()
+
+
+async def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = SQLiteStore(f"sqlite:///{db}")
+    await store.open()
+    await store.record(EventRecord("stripe", "evt_v1", "t", time.time(), b"{}"), [conversion("ord_v1")], everywhere)
+    await store.close()
+    with sqlite3.connect(db) as conn:  # what a version 1 ledger looked like
+        conn.execute("ALTER TABLE deliveries DROP COLUMN in_doubt")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN sent_attempt")
+        conn.execute("UPDATE schema_version SET version = 1")
+    store = SQLiteStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        claims = await store.claim(["simmer", "impact"], 10, 30, time.time())
+        assert len(claims) == 2 and not any(c.in_doubt for c in claims)  # the old rows still work
+        await store.mark_sent(claims)
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

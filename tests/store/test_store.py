@@ -507,3 +507,21 @@ async def test_batch_without_destinations_or_customer(store: Store) -> None:
     assert all(len(r.conversions) == 1 and r.deliveries == 0 for r in results)
     assert [c.new_customer for r in results for c in r.conversions] == [None] * 5
     assert await store.deliveries() == []
+
+
+async def test_in_doubt_only_when_the_dead_claim_had_marked_its_send(opener) -> None:
+    a = await opener()
+    await a.record(event("evt_doubt"), [conversion("ord_d1"), conversion("ord_d2")], everywhere)
+    now = time.time()
+    claims = await a.claim(["simmer"], 10, 1.0, now)
+    assert len(claims) == 2
+    await a.mark_sent(claims[:1])  # the worker sent the first request, then died
+    again = await a.claim(["simmer"], 10, 1.0, now + 5)  # leases ran out
+    doubt = {c.conversion.order_key: (c.recovered, c.in_doubt) for c in again}
+    sent_key = claims[0].conversion.order_key
+    unsent_key = claims[1].conversion.order_key
+    assert doubt == {sent_key: (True, True), unsent_key: (True, False)}
+    for c in again:  # a settled attempt clears the doubt for the next one
+        await a.settle(c, Settlement(PENDING, next_attempt_at=now + 6), now + 5)
+    third = await a.claim(["simmer"], 10, 30, now + 7)
+    assert [c.in_doubt for c in third] == [False, False]
