@@ -104,11 +104,18 @@ def test_two_web_two_workers_one_killed(tmp_path, simmer, impact, relay_factory,
         wait_until(lambda: len(simmer.conversions) >= N and len(impact.actions) >= N,
                    timeout=90, interval=0.2, message="every conversion at both destinations")
 
+        def ledger() -> list:
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute(
+                    "SELECT d.destination, d.status, d.attempts, c.order_key"
+                    " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+                ).fetchall()
+
+        # Requests the killed worker had sent reached the stand-ins, but their rows stay
+        # pending until its leases run out and another worker settles them.
+        rows = wait_until(lambda: (r := ledger()) and all(x[1] == "delivered" for x in r) and r,
+                          timeout=30, interval=0.2, message="every delivery settled")
         with psycopg.connect(pg_url) as conn:
-            rows = conn.execute(
-                "SELECT d.destination, d.status, d.attempts, c.order_key"
-                " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
-            ).fetchall()
             recovered_attempts = conn.execute(
                 "SELECT count(*) FROM attempts WHERE attempt > 1").fetchone()[0]
         assert len(rows) == 2 * N

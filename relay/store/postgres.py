@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -89,6 +90,9 @@ CONNECT_OPTIONS = {
 LISTEN_HEALTH_SECONDS = 30.0  # the listener checks its connection this often when idle
 LISTEN_BACKOFF = (0.2, 10.0)  # first and longest wait between listener reconnects
 MAX_BATCH = 256  # record() calls sharing one transaction and one commit
+MAX_QUEUED = 20_000  # record() calls waiting beyond this are refused at once (503)
+RECORD_DEADLINE = 30.0  # seconds a caller waits for its batch before giving up (503)
+LOCK_TIMEOUT = "5s"  # a lock held elsewhere longer than this fails the call, not the batch
 BATCH_CONCURRENCY = 2  # batches in flight at once per store (each on its own connection)
 
 
@@ -106,9 +110,15 @@ class _Call:
 # functions in the select list are evaluated after the sort.
 _LOCK_SQL = (
     "SELECT pg_advisory_xact_lock(k) FROM"
-    " (SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(%b::text[]) AS x) AS keys"
-    " ORDER BY k"
+    " (SELECT DISTINCT k FROM unnest(%b::bigint[]) AS k) AS keys ORDER BY k"
 )
+
+
+def lock_key(source: str, prefix: str) -> int:
+    """The advisory-lock key of one refunded object: a stable signed 64-bit hash computed
+    here, so no text the processor sent ever reaches the lock statement."""
+    digest = hashlib.blake2b(f"{source}:{prefix}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 _EVENTS_SQL = (
     "INSERT INTO events (source, event_id, event_type, received_at, body)"
     " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[])"
@@ -234,8 +244,9 @@ class PostgresStore(Store):
         if self._runner is not None:  # answers what is queued, then stops
             assert self._kick is not None
             self._kick.set()
-            with contextlib.suppress(BaseException):
-                await self._runner
+            with contextlib.suppress(Exception):
+                # Shielded: a cancelled closer does not cut a batch off mid-commit.
+                await asyncio.shield(self._runner)
             self._runner = None
         for task in list(self._listeners):
             task.cancel()
@@ -281,10 +292,16 @@ class PostgresStore(Store):
         if self._pool is None or self._closed or self._runner is None or self._runner.done():
             raise StoreError("store is not open")
         assert self._kick is not None
+        if len(self._pending) >= MAX_QUEUED:
+            raise StoreError("PostgreSQL is not keeping up: too many webhooks waiting")
         fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
         self._pending.append(_Call(event, conversions, destinations_for, fut))
         self._kick.set()
-        return await fut
+        try:
+            # Shielded: the batch may still commit it; the processor's retry is then a duplicate.
+            return await asyncio.wait_for(asyncio.shield(fut), RECORD_DEADLINE)
+        except TimeoutError:
+            raise StoreError(f"PostgreSQL did not record the webhook within {RECORD_DEADLINE:.0f} s") from None
 
     # ------------------------------------------------------------ group commit
 
@@ -293,6 +310,18 @@ class PostgresStore(Store):
         up to BATCH_CONCURRENCY batches at once (each on its own pooled connection)."""
         assert self._kick is not None
         running: set[asyncio.Task[None]] = set()
+        try:
+            await self._batches(running)
+        finally:  # stopped or cancelled: no queued caller is left waiting
+            pending, self._pending = self._pending, []
+            for call in pending:
+                if not call.fut.done():
+                    call.fut.set_exception(StoreError("store is closing"))
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _batches(self, running: set[asyncio.Task[None]]) -> None:
+        assert self._kick is not None
         while True:
             if not self._pending or len(running) >= BATCH_CONCURRENCY:
                 if not self._pending and self._closed:
@@ -307,8 +336,6 @@ class PostgresStore(Store):
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _: self._kick.set() if self._kick else None)
             await asyncio.sleep(0)  # let the batch start before taking the next one
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
 
     async def _run_batch(self, batch: list[_Call]) -> None:
         """Record a batch in one transaction, one commit, then answer every caller.
@@ -337,7 +364,7 @@ class PostgresStore(Store):
         except Exception as exc:
             err = exc if isinstance(exc, StoreError) else self._error("record failed", exc)
             log.error("store: a batch of %d records failed: %s", len(batch), err)
-            results = [err] * len(batch)
+            results = [StoreError(str(err)) for _ in batch]
         except BaseException:  # cancelled (shutdown): never leave a caller hanging
             for call in batch:
                 if not call.fut.done():
@@ -364,14 +391,14 @@ class PostgresStore(Store):
         deadlock: the advisory locks of every cumulative refund first (sorted by key),
         then event rows (sorted), then conversion rows (sorted)."""
         objects: set[tuple[str, str]] = set()  # (source, prefix) of each cumulative refund
-        refund_keys: set[tuple[str, str, str]] = set()
+        all_keys: set[tuple[str, str, str]] = set()  # every conversion's dedupe key
         customers: set[tuple[str, str]] = set()
         for call in batch:
             for conversion in call.conversions:
+                all_keys.add((conversion.source, conversion.kind, conversion.order_key))
                 prefix = refunds.earlier_prefix(conversion)
                 if prefix is not None:
                     objects.add((conversion.source, prefix))
-                    refund_keys.add((conversion.source, conversion.kind, conversion.order_key))
                 elif conversion.new_customer is None and conversion.kind in REVENUE_KINDS:
                     ckey = customer_key(conversion)
                     if ckey:
@@ -382,8 +409,11 @@ class PostgresStore(Store):
         event_order = sorted(events)
 
         async with conn.pipeline(), conn.transaction():
+            # A row or object another transaction holds for long must not stall the whole
+            # batch: past this the batch is redone call by call and only that call fails.
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             if objects:
-                await conn.execute(_LOCK_SQL, ([f"{src}:{prefix}" for src, prefix in objects],))
+                await conn.execute(_LOCK_SQL, ([lock_key(src, prefix) for src, prefix in objects],))
             ev_cur = await conn.execute(
                 _EVENTS_SQL,
                 (
@@ -399,12 +429,13 @@ class PostgresStore(Store):
                 cust_cur = await conn.execute(
                     _CUSTOMERS_SQL, ([c[0] for c in customers], [c[1] for c in customers])
                 )
-            if refund_keys:
+            if all_keys:
                 ex_cur = await conn.execute(
                     _EXISTING_SQL,
-                    ([k[0] for k in refund_keys], [k[1] for k in refund_keys],
-                     [k[2] for k in refund_keys]),
+                    ([k[0] for k in all_keys], [k[1] for k in all_keys],
+                     [k[2] for k in all_keys]),
                 )
+            if objects:
                 earlier_cur = await conn.execute(
                     _EARLIER_SQL,
                     ([o[0] for o in objects], [o[1] for o in objects]),
@@ -456,7 +487,7 @@ class PostgresStore(Store):
                         prior = (conversion.source, ckey) in known_customers
                         conversion = conversion.replace(new_customer=not prior)
                     key3 = (conversion.source, conversion.kind, conversion.order_key)
-                    if key3 in planned:  # an earlier call of the batch has it
+                    if key3 in planned or key3 in existing:  # the ledger or an earlier call has it
                         plan.append((conversion, None))
                         continue
                     if conversion.kind in REVENUE_KINDS and ckey:
@@ -516,33 +547,22 @@ class PostgresStore(Store):
     async def _record_guarded(
         self, conn: psycopg.AsyncConnection[Any], batch: list[_Call]
     ) -> list[Recorded | BaseException]:
-        """The slow path: one transaction, each call in its own savepoint, one commit.
-        The refund locks of the whole batch are taken first, in order, as in the fast path."""
-        lock_keys = sorted(
-            {
-                f"{c.source}:{prefix}"
-                for call in batch
-                for c in call.conversions
-                if (prefix := refunds.earlier_prefix(c)) is not None
-            }
-        )
+        """The slow path: each call in its own transaction and commit, so one bad call
+        fails alone and no lock is held across calls (a batch of another process, taking
+        its locks in sorted order, cannot deadlock with us). It is rare: only a batch
+        whose fast path failed comes here."""
         results: list[Recorded | BaseException] = []
-        async with conn.transaction():
-            if lock_keys:
-                await conn.execute(_LOCK_SQL, (lock_keys,))
-            for call in batch:
-                try:
-                    async with conn.transaction():  # a savepoint
-                        results.append(
-                            await self._record_one(
-                                conn, call.event, call.conversions, call.destinations_for
-                            )
-                        )
-                except Exception as exc:
-                    if conn.closed or conn.broken:
-                        raise
-                    err = exc if isinstance(exc, StoreError) else self._error("record failed", exc)
-                    results.append(err)
+        for call in batch:
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    results.append(
+                        await self._record_one(conn, call.event, call.conversions, call.destinations_for)
+                    )
+            except Exception as exc:
+                if conn.closed or conn.broken:
+                    raise
+                results.append(exc if isinstance(exc, StoreError) else self._error("record failed", exc))
         return results
 
     async def _record_one(
@@ -622,8 +642,8 @@ class PostgresStore(Store):
         same object already recorded; None when nothing new was refunded. The advisory lock
         keeps two processes from computing a delta for the same object at once."""
         await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (f"{conversion.source}:{prefix}",),
+            "SELECT pg_advisory_xact_lock(%s)",
+            (lock_key(conversion.source, prefix),),
         )
         cur = await conn.execute(
             "SELECT 1 FROM conversions WHERE source = %s AND kind = %s AND order_key = %s",

@@ -525,3 +525,49 @@ async def test_in_doubt_only_when_the_dead_claim_had_marked_its_send(opener) -> 
         await a.settle(c, Settlement(PENDING, next_attempt_at=now + 6), now + 5)
     third = await a.claim(["simmer"], 10, 30, now + 7)
     assert [c.in_doubt for c in third] == [False, False]
+
+
+@pytest.mark.postgres
+async def test_postgres_a_row_locked_elsewhere_stalls_only_its_own_call(pg_url) -> None:  # noqa: F811
+    import psycopg
+
+    from relay.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    holder = await psycopg.AsyncConnection.connect(pg_url)
+    try:
+        await holder.execute(  # another process is stuck mid-transaction on event "hot"
+            "INSERT INTO events (source, event_id, event_type, received_at, body)"
+            " VALUES ('stripe', 'evt_hot', 't', 0, '')")
+        started = time.monotonic()
+        calls = [store.record(event("evt_hot"), [conversion("ord_hot")], everywhere)]
+        calls += [store.record(event(f"evt_cold{i}"), [conversion(f"ord_cold{i}")], everywhere)
+                  for i in range(20)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[0], StoreError)  # 503: Stripe retries it later
+        assert all(not isinstance(r, BaseException) and r.deliveries == 2 for r in results[1:])
+        assert time.monotonic() - started < 20
+    finally:
+        await holder.rollback()
+        await holder.close()
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_refund_lock_keys_never_see_processor_text(pg_url) -> None:  # noqa: F811
+    from relay import refunds
+    from relay.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        bad = cumulative_refund(500).replace(refs={refunds.CUMULATIVE_REF: "order-\x00"},
+                                             order_key=refunds.cumulative_key("order-\x00", 500))
+        calls = [store.record(event(f"evt_ok{i}"), [conversion(f"ord_ok{i}")], everywhere) for i in range(5)]
+        calls.append(store.record(event("evt_badref"), [bad], everywhere))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(not isinstance(r, BaseException) for r in results[:5])  # the others still land
+        assert isinstance(results[5], StoreError)
+    finally:
+        await store.close()
