@@ -90,7 +90,10 @@ def create_app(
             if "enrich" not in options:
                 enricher = options["enrich"] = build_enricher(settings)
             relay.worker = Worker(
-                relay.store, relay.destinations, settings.worker, metrics=relay.metrics,
+                relay.store,
+                relay.destinations,
+                settings.worker,
+                metrics=relay.metrics,
                 **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")

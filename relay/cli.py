@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("retry", help="requeue dead-lettered (failed) or skipped deliveries")
     p.add_argument("ids", nargs="*", type=int, help="these deliveries (failed or skipped)")
     p.add_argument("--failed", action="store_true", help="every failed delivery")
-    p.add_argument("--skipped", action="store_true",
-                   help="every skipped delivery (after fixing what made it unsendable)")
+    p.add_argument(
+        "--skipped",
+        action="store_true",
+        help="every skipped delivery (after fixing what made it unsendable)",
+    )
     p.add_argument("--destination")
 
     p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
@@ -52,8 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--email", default="buyer@example.com")
     p.add_argument("--anonymous-id")
     p.add_argument("--click-id")
-    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
-                   help="more passthrough metadata, e.g. pagent_session_id=…; repeatable")
+    p.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more passthrough metadata, e.g. pagent_session_id=…; repeatable",
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -99,8 +107,9 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         store = open_store(settings.store_url)
         await store.open()
         enricher = build_enricher(settings)
-        w = Worker(store, build_destinations(settings), settings.worker, metrics=Metrics(),
-                   enrich=enricher)
+        w = Worker(
+            store, build_destinations(settings), settings.worker, metrics=Metrics(), enrich=enricher
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
@@ -132,7 +141,9 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
     build_destinations(settings)
     print(orjson.dumps(settings.describe(), option=orjson.OPT_INDENT_2).decode())
     if not settings.enabled_sources():
-        print("warning: no source is configured; every webhook will be answered 404", file=sys.stderr)
+        print(
+            "warning: no source is configured; every webhook will be answered 404", file=sys.stderr
+        )
 
 
 def deliveries(settings: Settings, args: argparse.Namespace) -> None:
@@ -152,14 +163,18 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
     if not rows:
         print("no deliveries")
         return
-    print(f"{'ID':>6}  {'DESTINATION':<10} {'STATUS':<9} {'TRIES':>5}  {'NEXT/UPDATED':<20} "
-          f"{'KIND':<22} ORDER  ERROR")
+    print(
+        f"{'ID':>6}  {'DESTINATION':<10} {'STATUS':<9} {'TRIES':>5}  {'NEXT/UPDATED':<20} "
+        f"{'KIND':<22} ORDER  ERROR"
+    )
     for r in rows:
         when = r.next_attempt_at if r.status == "pending" else r.updated_at
         stamp = datetime.fromtimestamp(when or 0, UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = (r.last_error or "").replace("\n", " ")[:120]
-        print(f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {stamp:<20} "
-              f"{r.kind:<22} {r.order_key}  {err}")
+        print(
+            f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {stamp:<20} "
+            f"{r.kind:<22} {r.order_key}  {err}"
+        )
 
 
 def retry(settings: Settings, args: argparse.Namespace) -> None:
@@ -189,8 +204,12 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
 
     try:
         body, headers = make(
-            args.source, settings, args.event,
-            email=args.email, anonymous_id=args.anonymous_id, click_id=args.click_id,
+            args.source,
+            settings,
+            args.event,
+            email=args.email,
+            anonymous_id=args.anonymous_id,
+            click_id=args.click_id,
             metadata=dict(item.split("=", 1) for item in args.metadata if "=" in item),
         )
     except ValueError as exc:

@@ -105,7 +105,9 @@ class Conversion:
             raise TypeError(f"unknown Conversion field(s): {sorted(unknown)}")
         copy = object.__new__(Conversion)
         for name in _FIELDS:
-            object.__setattr__(copy, name, changes[name] if name in changes else getattr(self, name))
+            object.__setattr__(
+                copy, name, changes[name] if name in changes else getattr(self, name)
+            )
         return copy
 
     def to_json(self) -> bytes:

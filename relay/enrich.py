@@ -75,11 +75,15 @@ class _Cache:
 class Enricher:
     """An async callable (conversion, destination name) -> conversion."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         paddle, stripe_settings = settings.paddle, settings.stripe
         self.paddle_key = paddle.api_key.get_secret_value() if paddle.api_key else None
         self.paddle_base = paddle.api_base.rstrip("/")
-        self.stripe_key = stripe_settings.api_key.get_secret_value() if stripe_settings.api_key else None
+        self.stripe_key = (
+            stripe_settings.api_key.get_secret_value() if stripe_settings.api_key else None
+        )
         self.stripe_base = stripe_settings.api_base.rstrip("/")
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -115,7 +119,8 @@ class Enricher:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(TIMEOUT_SECONDS), transport=self._transport,
+                timeout=httpx.Timeout(TIMEOUT_SECONDS),
+                transport=self._transport,
                 follow_redirects=False,
             )
         return self._http
@@ -129,14 +134,17 @@ class Enricher:
             try:
                 response = await self._client().get(
                     f"{self.paddle_base}/customers/{customer_id}",
-                    headers={"Authorization": f"Bearer {self.paddle_key}",
-                             "Accept": "application/json"},
+                    headers={
+                        "Authorization": f"Bearer {self.paddle_key}",
+                        "Accept": "application/json",
+                    },
                 )
             except httpx.TimeoutException:
                 raise EnrichmentUnavailable("Paddle GET /customers timed out") from None
             except httpx.TransportError as exc:
                 raise EnrichmentUnavailable(
-                    f"Paddle GET /customers failed ({type(exc).__name__})") from None
+                    f"Paddle GET /customers failed ({type(exc).__name__})"
+                ) from None
             status = response.status_code
             if status in TRANSIENT_STATUSES or status >= 500:
                 raise EnrichmentUnavailable(
@@ -152,15 +160,20 @@ class Enricher:
                     return data
                 why = "answered 200 without a customer object"
             elif status in (401, 403):
-                why = (f"answered {status} ({_error_code(response)}): the API key was refused; "
-                       "check RELAY_PADDLE__API_KEY")
+                why = (
+                    f"answered {status} ({_error_code(response)}): the API key was refused; "
+                    "check RELAY_PADDLE__API_KEY"
+                )
             elif status == 404:
                 why = f"answered 404 ({_error_code(response)}): customer not found"
             else:
                 why = f"answered {status} ({_error_code(response)})"
             log.warning(
                 "enrich source=paddle order=%s customer=%s: GET /customers %s; "
-                "delivering without the email", conversion.order_key, customer_id, why,
+                "delivering without the email",
+                conversion.order_key,
+                customer_id,
+                why,
             )
             return None
 
@@ -199,7 +212,9 @@ class Enricher:
         if not conversion.items:
             items = await self._cache.get(
                 f"stripe:line_items:{session_id}",
-                lambda: self._optional(conversion, self._line_items, session_id, conversion.currency),
+                lambda: self._optional(
+                    conversion, self._line_items, session_id, conversion.currency
+                ),
             )
             if items:
                 changes["items"] = items
@@ -239,9 +254,12 @@ class Enricher:
                     quantity=quantity,
                     price=money.from_minor(unit, cur) if isinstance(unit, int) else None,
                     subtotal=money.from_minor(row["amount_subtotal"], cur)
-                    if isinstance(row.get("amount_subtotal"), int) else None,
+                    if isinstance(row.get("amount_subtotal"), int)
+                    else None,
                     sku=price.get("id") if isinstance(price.get("id"), str) else None,
-                    name=row.get("description") if isinstance(row.get("description"), str) else None,
+                    name=row.get("description")
+                    if isinstance(row.get("description"), str)
+                    else None,
                     product_id=product if isinstance(product, str) else None,
                 )
             )
@@ -256,7 +274,9 @@ class Enricher:
 def _degraded(conversion: Conversion, exc: Exception) -> None:
     log.warning(
         "enrich source=%s order=%s failed (%s); delivering without it",
-        conversion.source, conversion.order_key, _describe(exc),
+        conversion.source,
+        conversion.order_key,
+        _describe(exc),
     )
 
 

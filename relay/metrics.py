@@ -51,7 +51,8 @@ class Metrics:
         """Prometheus text, with ledger gauges read from the store at scrape time."""
         stats = await store.stats(time.time())
         depth = GaugeMetricFamily(
-            "relay_deliveries", "Deliveries in the ledger by destination and status",
+            "relay_deliveries",
+            "Deliveries in the ledger by destination and status",
             labels=["destination", "status"],
         )
         for (destination, status), count in sorted(stats["by_status"].items()):

@@ -13,9 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from relay.errors import PayloadError
 
-ZERO_DECIMAL = frozenset(
-    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
 
 # Active ISO 4217 codes (list one, 2026). A code outside this set is a 400.

@@ -35,8 +35,14 @@ def stripe_event(
         "customer_details": {
             "email": email,
             "name": "Sam Buyer",
-            "address": {"country": "US", "postal_code": "94103", "city": None,
-                        "line1": None, "line2": None, "state": None},
+            "address": {
+                "country": "US",
+                "postal_code": "94103",
+                "city": None,
+                "line1": None,
+                "line2": None,
+                "state": None,
+            },
             "phone": None,
         },
         "customer_email": None,
@@ -116,9 +122,14 @@ def lemonsqueezy_event(
                 "refunded_at": None,
                 "refunded_amount": 0,
                 "first_order_item": {
-                    "order_id": int(order_id), "product_id": 1, "variant_id": 1,
-                    "product_name": "Sample product", "variant_name": "Default",
-                    "price": amount, "quantity": 1, "test_mode": True,
+                    "order_id": int(order_id),
+                    "product_id": 1,
+                    "variant_id": 1,
+                    "product_name": "Sample product",
+                    "variant_name": "Default",
+                    "price": amount,
+                    "quantity": 1,
+                    "test_mode": True,
                 },
                 "created_at": stamp,
                 "updated_at": stamp,
@@ -130,8 +141,11 @@ def lemonsqueezy_event(
 
 def sign_lemonsqueezy(body: bytes, secret: str) -> dict[str, str]:
     digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"X-Signature": digest, "X-Event-Name": orjson.loads(body)["meta"]["event_name"],
-            "Content-Type": "application/json"}
+    return {
+        "X-Signature": digest,
+        "X-Event-Name": orjson.loads(body)["meta"]["event_name"],
+        "Content-Type": "application/json",
+    }
 
 
 def paddle_event(
@@ -151,8 +165,16 @@ def paddle_event(
     now = time.time() if now is None else now
     suffix = uuid.uuid4().hex[:26]
     stamp = _iso(now)
-    totals = {"subtotal": str(amount), "discount": "0", "tax": "0", "total": str(amount),
-              "grand_total": str(amount), "credit": "0", "balance": "0", "currency_code": currency}
+    totals = {
+        "subtotal": str(amount),
+        "discount": "0",
+        "tax": "0",
+        "total": str(amount),
+        "grand_total": str(amount),
+        "credit": "0",
+        "balance": "0",
+        "currency_code": currency,
+    }
     return {
         "event_id": f"evt_{suffix}",
         "event_type": event_type,
@@ -170,15 +192,24 @@ def paddle_event(
             "billed_at": stamp,
             "created_at": stamp,
             "updated_at": stamp,
-            "items": [{"price": {"id": f"pri_{suffix}", "product_id": f"pro_{suffix}"}, "quantity": 1}],
+            "items": [
+                {"price": {"id": f"pri_{suffix}", "product_id": f"pro_{suffix}"}, "quantity": 1}
+            ],
             "details": {
                 "totals": totals,
-                "line_items": [{
-                    "price_id": f"pri_{suffix}", "quantity": 1,
-                    "totals": {"subtotal": str(amount), "tax": "0", "discount": "0",
-                               "total": str(amount)},
-                    "product": {"id": f"pro_{suffix}", "name": "Sample product"},
-                }],
+                "line_items": [
+                    {
+                        "price_id": f"pri_{suffix}",
+                        "quantity": 1,
+                        "totals": {
+                            "subtotal": str(amount),
+                            "tax": "0",
+                            "discount": "0",
+                            "total": str(amount),
+                        },
+                        "product": {"id": f"pro_{suffix}", "name": "Sample product"},
+                    }
+                ],
             },
         },
     }
@@ -203,7 +234,10 @@ def chargebee_event(
     now = int(time.time() if now is None else now)
     suffix = uuid.uuid4().hex[:16]
     customer: dict[str, Any] = {
-        "id": f"cus_{suffix}", "first_name": "Sam", "last_name": "Buyer", "email": email,
+        "id": f"cus_{suffix}",
+        "first_name": "Sam",
+        "last_name": "Buyer",
+        "email": email,
         "object": "customer",
     }
     for key, value in (metadata or {}).items():
@@ -219,21 +253,48 @@ def chargebee_event(
         "relay_simulated": True,  # test mode: Chargebee has no flag of its own
         "content": {
             "transaction": {
-                "id": f"txn_{suffix}", "amount": amount, "currency_code": currency,
-                "type": "payment", "status": "success", "date": now, "object": "transaction",
+                "id": f"txn_{suffix}",
+                "amount": amount,
+                "currency_code": currency,
+                "type": "payment",
+                "status": "success",
+                "date": now,
+                "object": "transaction",
             },
             "invoice": {
-                "id": f"inv_{suffix}", "customer_id": customer["id"], "subscription_id": f"sub_{suffix}",
-                "recurring": True, "first_invoice": True, "status": "paid", "date": now,
-                "paid_at": now, "total": amount, "sub_total": amount, "tax": 0,
-                "amount_paid": amount, "currency_code": currency, "object": "invoice",
-                "line_items": [{"description": "Sample plan", "amount": amount, "quantity": 1,
-                                "unit_amount": amount, "entity_type": "plan_item_price",
-                                "entity_id": "sample-plan-USD-monthly"}],
+                "id": f"inv_{suffix}",
+                "customer_id": customer["id"],
+                "subscription_id": f"sub_{suffix}",
+                "recurring": True,
+                "first_invoice": True,
+                "status": "paid",
+                "date": now,
+                "paid_at": now,
+                "total": amount,
+                "sub_total": amount,
+                "tax": 0,
+                "amount_paid": amount,
+                "currency_code": currency,
+                "object": "invoice",
+                "line_items": [
+                    {
+                        "description": "Sample plan",
+                        "amount": amount,
+                        "quantity": 1,
+                        "unit_amount": amount,
+                        "entity_type": "plan_item_price",
+                        "entity_id": "sample-plan-USD-monthly",
+                    }
+                ],
             },
             "customer": customer,
-            "subscription": {"id": f"sub_{suffix}", "status": "active", "currency_code": currency,
-                             "customer_id": customer["id"], "object": "subscription"},
+            "subscription": {
+                "id": f"sub_{suffix}",
+                "status": "active",
+                "currency_code": currency,
+                "customer_id": customer["id"],
+                "object": "subscription",
+            },
         },
     }
 
@@ -243,7 +304,9 @@ def chargebee_headers(username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 
 
-def simulate(source: str, settings: Any, event: str | None, **options: Any) -> tuple[bytes, dict[str, str]]:
+def simulate(
+    source: str, settings: Any, event: str | None, **options: Any
+) -> tuple[bytes, dict[str, str]]:
     """A signed sample webhook for `source`: (body, headers).
 
     `anonymous_id` and `click_id` become the `simmer_anonymous_id` and `irclickid`
@@ -253,8 +316,9 @@ def simulate(source: str, settings: Any, event: str | None, **options: Any) -> t
         metadata["simmer_anonymous_id"] = options["anonymous_id"]
     if options.get("click_id"):
         metadata["irclickid"] = options["click_id"]
-    options = {k: v for k, v in options.items()
-               if v is not None and k not in ("anonymous_id", "click_id")}
+    options = {
+        k: v for k, v in options.items() if v is not None and k not in ("anonymous_id", "click_id")
+    }
     options["metadata"] = metadata
     if source in SIGNED:
         field, default_event, build, sign = SIGNED[source]

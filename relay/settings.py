@@ -164,7 +164,12 @@ class ConvergeSettings(DestinationSettings):
     webhook_token: SecretStr | None = None  # sent as X-Webhook-Token when set
     new_customer_default: bool = True  # $is_new_customer when the ledger cannot tell
     # Converge documents no refund event: refunds are not sent by default.
-    kinds: CSV = ["purchase", "subscription_started", "subscription_renewed", "subscription_cancelled"]
+    kinds: CSV = [
+        "purchase",
+        "subscription_started",
+        "subscription_renewed",
+        "subscription_cancelled",
+    ]
 
 
 class WebhookSettings(DestinationSettings):
@@ -182,7 +187,7 @@ class WebhookSettings(DestinationSettings):
         if not raw.startswith("whsec_"):
             raise ValueError("must start with whsec_ (Standard Webhooks secret)")
         try:
-            key = base64.b64decode(raw[len("whsec_"):], validate=True)
+            key = base64.b64decode(raw[len("whsec_") :], validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("the part after whsec_ must be base64") from None
         if not 24 <= len(key) <= 64:
@@ -393,6 +398,7 @@ def mask_url(url: str) -> str:
         netloc = f"{user}:********@{host}" if ":" in creds else f"{user}@{host}"
     query = "&".join(
         f"{pair.split('=', 1)[0]}=********" if "=" in pair else pair
-        for pair in parts.query.split("&") if pair
+        for pair in parts.query.split("&")
+        if pair
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -42,11 +42,11 @@ from relay.destinations import (
 from relay.errors import EnrichmentUnavailable, StoreError
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings
-from relay.store import Attempt, Claim, Settlement, Store
 from relay.store import DELIVERED as S_DELIVERED
 from relay.store import FAILED as S_FAILED
 from relay.store import PENDING as S_PENDING
 from relay.store import SKIPPED as S_SKIPPED
+from relay.store import Attempt, Claim, Settlement, Store
 
 log = logging.getLogger("relay.worker")
 
@@ -188,8 +188,9 @@ class Worker:
         lease = self.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            claims = [c for group in (*self._inflight.values(), *self._concluding.values())
-                      for c in group]
+            claims = [
+                c for group in (*self._inflight.values(), *self._concluding.values()) for c in group
+            ]
             if not claims:
                 continue
             try:
@@ -224,7 +225,8 @@ class Worker:
             grace = self.settings.shutdown_grace_seconds
             log.info(
                 "worker: waiting up to %.0f s for %d in-flight deliveries",
-                grace, sum(map(len, self._inflight.values())),
+                grace,
+                sum(map(len, self._inflight.values())),
             )
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in pending:
@@ -273,7 +275,9 @@ class Worker:
             await self._settle(claim, settlement, _tag(claim))
             unsettled.remove(claim)
 
-        async def send(batch: list[Claim], request: httpx.Request) -> tuple[Outcome, int | None, bool]:
+        async def send(
+            batch: list[Claim], request: httpx.Request
+        ) -> tuple[Outcome, int | None, bool]:
             if not dest.resend_ambiguous:
                 # Durably "sent" first: if this worker dies now, the next claim knows the
                 # request may have counted and does not send it again.
@@ -281,8 +285,11 @@ class Worker:
             on_wire.update(c.delivery_id for c in batch)
             return await self._send(name, dest, request)
 
-        async def conclude(answers: list[tuple[Claim, tuple[Outcome, int | None, bool]]],
-                           batch: int, sent_at: float) -> None:
+        async def conclude(
+            answers: list[tuple[Claim, tuple[Outcome, int | None, bool]]],
+            batch: int,
+            sent_at: float,
+        ) -> None:
             elapsed = (time.time() - sent_at) * 1000
             for claim, _ in answers:
                 unsettled.remove(claim)
@@ -298,26 +305,48 @@ class Worker:
             for claim in claims:
                 if claim.in_doubt and not dest.resend_ambiguous:
                     detail = "ambiguous: an earlier attempt was interrupted after sending; not resent (no idempotency key)"
-                    await settle(claim, Settlement(S_FAILED, error=detail, attempt=Attempt(
-                        started, 0.0, "ambiguous", None, detail)))
+                    await settle(
+                        claim,
+                        Settlement(
+                            S_FAILED,
+                            error=detail,
+                            attempt=Attempt(started, 0.0, "ambiguous", None, detail),
+                        ),
+                    )
                     continue
                 conv = claim.conversion
                 if self.enrich is not None:
                     try:
                         conv = await self.enrich(conv, name)
                     except EnrichmentUnavailable as exc:  # the data exists; try again later
-                        await self._conclude(claim, dest, Outcome(RETRY, str(exc), exc.retry_after),
-                                             None, False, started, 0.0)
+                        await self._conclude(
+                            claim,
+                            dest,
+                            Outcome(RETRY, str(exc), exc.retry_after),
+                            None,
+                            False,
+                            started,
+                            0.0,
+                        )
                         unsettled.remove(claim)
                         continue
                     except Exception as exc:  # optional data: deliver without it
-                        log.warning("enrich failed %s (%s); delivering without it",
-                                    _tag(claim), type(exc).__name__)
+                        log.warning(
+                            "enrich failed %s (%s); delivering without it",
+                            _tag(claim),
+                            type(exc).__name__,
+                        )
                 built = dest.build(conv, now)
                 if isinstance(built, Skip):
                     status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
-                    await settle(claim, Settlement(status, error=built.reason, attempt=Attempt(
-                        started, 0.0, "skipped", None, built.reason)))
+                    await settle(
+                        claim,
+                        Settlement(
+                            status,
+                            error=built.reason,
+                            attempt=Attempt(started, 0.0, "skipped", None, built.reason),
+                        ),
+                    )
                     continue
                 ready.append((claim, built))
                 conversions.append(conv)
@@ -331,8 +360,12 @@ class Worker:
             if len(ready) > 1 and result[0].kind == FAILED and result[1] == 400:
                 # The batch was refused whole (nothing accepted): one bad event must not
                 # sink the others, so each goes on its own, with its own rate slot.
-                log.warning("batch of %d refused by %s (%s); sending one by one",
-                            len(ready), name, result[0].detail)
+                log.warning(
+                    "batch of %d refused by %s (%s); sending one by one",
+                    len(ready),
+                    name,
+                    result[0].detail,
+                )
                 on_wire.clear()
                 for i, (claim, single) in enumerate(ready):
                     if not await self._take_slot(name, dest, [c for c, _ in ready[i:]], settle):
@@ -353,16 +386,25 @@ class Worker:
             for claim in list(unsettled):
                 sent = claim.delivery_id in on_wire
                 if sent and not dest.resend_ambiguous:
-                    settlement = Settlement(S_FAILED, error="ambiguous: " + detail, attempt=Attempt(
-                        started, 0.0, "ambiguous", None, detail))
+                    settlement = Settlement(
+                        S_FAILED,
+                        error="ambiguous: " + detail,
+                        attempt=Attempt(started, 0.0, "ambiguous", None, detail),
+                    )
                 elif claim.attempt >= dest.settings.max_attempts:
-                    settlement = Settlement(S_FAILED, error=f"gave up after {claim.attempt} attempts: "
-                                            + detail, attempt=Attempt(started, 0.0, "error", None, detail))
+                    settlement = Settlement(
+                        S_FAILED,
+                        error=f"gave up after {claim.attempt} attempts: " + detail,
+                        attempt=Attempt(started, 0.0, "error", None, detail),
+                    )
                 else:
                     settlement = Settlement(
-                        S_PENDING, next_attempt_at=time.time() + self.settings.retry_base_seconds,
-                        error=detail, count_attempt=sent,
-                        attempt=Attempt(started, 0.0, "error", None, detail))
+                        S_PENDING,
+                        next_attempt_at=time.time() + self.settings.retry_base_seconds,
+                        error=detail,
+                        count_attempt=sent,
+                        attempt=Attempt(started, 0.0, "error", None, detail),
+                    )
                 with contextlib.suppress(Exception):
                     await self.store.settle(claim, settlement, time.time())
 
@@ -383,8 +425,10 @@ class Worker:
             return True
         self._pause(name, wait)  # stop claiming for this destination until a slot frees up
         for claim in claims:
-            await settle(claim, Settlement(
-                S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False))
+            await settle(
+                claim,
+                Settlement(S_PENDING, next_attempt_at=time.time() + wait, count_attempt=False),
+            )
         return False
 
     def _concluded(self, task: asyncio.Task[None]) -> None:
@@ -400,8 +444,9 @@ class Worker:
     ) -> None:
         for claim, (outcome, code, ambiguous) in answers:
             if batch > 1:
-                outcome = Outcome(outcome.kind, f"batch of {batch}: {outcome.detail}",
-                                  outcome.retry_after)
+                outcome = Outcome(
+                    outcome.kind, f"batch of {batch}: {outcome.detail}", outcome.retry_after
+                )
             try:
                 await self._conclude(claim, dest, outcome, code, ambiguous, started, elapsed)
             except Exception as exc:  # the store stayed down: the lease will bring it back
@@ -438,12 +483,17 @@ class Worker:
         except Exception:  # a classifier that needed the body it could not read
             return classify(response), response.status_code, False
 
-    async def _hand_back(self, claim: Claim, dest: Destination, sending: bool, started: float) -> None:
+    async def _hand_back(
+        self, claim: Claim, dest: Destination, sending: bool, started: float
+    ) -> None:
         """Shutdown: return the delivery. A request cut off mid-send is ambiguous."""
         detail = "interrupted by shutdown"
         if sending and not dest.resend_ambiguous:
-            settlement = Settlement(S_FAILED, error="ambiguous: " + detail, attempt=Attempt(
-                started, 0.0, "ambiguous", None, detail))
+            settlement = Settlement(
+                S_FAILED,
+                error="ambiguous: " + detail,
+                attempt=Attempt(started, 0.0, "ambiguous", None, detail),
+            )
         else:
             settlement = Settlement(S_PENDING, next_attempt_at=time.time(), count_attempt=sending)
         with contextlib.suppress(Exception):
@@ -476,13 +526,18 @@ class Worker:
             )
             if delay is None:
                 settlement = Settlement(
-                    S_FAILED, status_code=code, attempt=attempt,
+                    S_FAILED,
+                    status_code=code,
+                    attempt=attempt,
                     error=f"gave up after {claim.attempt} attempts: {outcome.detail}",
                 )
             else:
                 settlement = Settlement(
-                    S_PENDING, next_attempt_at=time.time() + delay, status_code=code,
-                    error=outcome.detail, attempt=attempt,
+                    S_PENDING,
+                    next_attempt_at=time.time() + delay,
+                    status_code=code,
+                    error=outcome.detail,
+                    attempt=attempt,
                 )
         else:
             prefix = "ambiguous: " if ambiguous else ""
@@ -519,8 +574,10 @@ class Worker:
             log.info("delivered %s status=%s ms=%.1f", tag, settlement.status_code, elapsed)
         elif settlement.status == S_PENDING and settlement.count_attempt:
             log.warning(
-                "retry %s in %.0f s: %s", tag,
-                (settlement.next_attempt_at or 0) - time.time(), settlement.error,
+                "retry %s in %.0f s: %s",
+                tag,
+                (settlement.next_attempt_at or 0) - time.time(),
+                settlement.error,
             )
         elif settlement.status in (S_FAILED, S_SKIPPED):
             log.warning("%s %s: %s", settlement.status, tag, settlement.error)
@@ -542,8 +599,10 @@ class Worker:
 
 
 def _tag(claim: Claim) -> str:
-    return (f"destination={claim.destination} order={claim.conversion.order_key}"
-            f" attempt={claim.attempt}")
+    return (
+        f"destination={claim.destination} order={claim.conversion.order_key}"
+        f" attempt={claim.attempt}"
+    )
 
 
 def _kind(exc: Exception) -> str:

@@ -35,7 +35,13 @@ from typing import Any
 import httpx
 import orjson
 
-from relay.conversion import PURCHASE, REFUND, SUBSCRIPTION_CANCELLED, SUBSCRIPTION_STARTED, Conversion
+from relay.conversion import (
+    PURCHASE,
+    REFUND,
+    SUBSCRIPTION_CANCELLED,
+    SUBSCRIPTION_STARTED,
+    Conversion,
+)
 from relay.destinations import (
     DELIVERED,
     FAILED,
@@ -145,7 +151,9 @@ class Topmail(Destination):
         if status == 409:
             return Outcome(DELIVERED, f"already recorded by topmail (409 {code or 'duplicate'})")
         if status == 404 and code == "contact_not_found":
-            return Outcome(FAILED, "HTTP 404 contact_not_found: topmail has no contact with this email")
+            return Outcome(
+                FAILED, "HTTP 404 contact_not_found: topmail has no contact with this email"
+            )
         outcome = classify(response)
         if code and outcome.kind != DELIVERED:
             return Outcome(outcome.kind, f"HTTP {status} {code}: {message}", outcome.retry_after)

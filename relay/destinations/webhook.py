@@ -28,8 +28,18 @@ import orjson
 from standardwebhooks.webhooks import Webhook as Signer
 
 from relay.conversion import Conversion
-from relay.destinations import DELIVERED, FAILED, RETRY, USER_AGENT, Destination, Outcome, Skip
-from relay.destinations import excerpt, iso_utc, retry_after
+from relay.destinations import (
+    DELIVERED,
+    FAILED,
+    RETRY,
+    USER_AGENT,
+    Destination,
+    Outcome,
+    Skip,
+    excerpt,
+    iso_utc,
+    retry_after,
+)
 from relay.money import fmt
 from relay.settings import WebhookSettings
 

@@ -26,7 +26,6 @@ from relay import money
 from relay.conversion import Conversion
 from relay.errors import PayloadError
 
-
 # Envelope key set by `relay simulate` on samples for processors without a test flag
 # (Paddle, Chargebee) so a simulated event is test-mode like Stripe's and LS's.
 SIMULATED_KEY = "relay_simulated"

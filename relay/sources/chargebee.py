@@ -77,7 +77,9 @@ class ChargebeeSource:
     def __init__(self, settings: ChargebeeSettings) -> None:
         self.settings = settings
         self._username = (settings.username or "").encode()
-        self._password = (settings.password.get_secret_value() if settings.password else "").encode()
+        self._password = (
+            settings.password.get_secret_value() if settings.password else ""
+        ).encode()
 
     def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         header = (headers.get("authorization") or "").strip()
@@ -99,7 +101,8 @@ class ChargebeeSource:
     def parse(self, body: bytes) -> ParsedEvent:
         event, content, parsed = event_envelope(body, "Chargebee", "id", "content")
         return dispatch(
-            parsed, HANDLERS,
+            parsed,
+            HANDLERS,
             lambda handler: handler(content, unix_time(event.get("occurred_at"), "occurred_at")),
         )
 
@@ -129,7 +132,10 @@ def custom_fields(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def _metadata(content: dict[str, Any]) -> dict[str, str]:
-    return {**custom_fields(_obj(content, "customer")), **custom_fields(_obj(content, "subscription"))}
+    return {
+        **custom_fields(_obj(content, "customer")),
+        **custom_fields(_obj(content, "subscription")),
+    }
 
 
 def _customer(content: dict[str, Any]) -> Customer:
@@ -174,14 +180,18 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
         total = amount(invoice.get("total"), currency, "invoice.total", required=True)
         discounts = [d.get("amount") for d in invoice.get("discounts") or () if isinstance(d, dict)]
         discount = (
-            sum((money.from_minor(a, currency) for a in discounts if a is not None),
-                start=money.from_minor(0, currency))
-            if discounts else None
+            sum(
+                (money.from_minor(a, currency) for a in discounts if a is not None),
+                start=money.from_minor(0, currency),
+            )
+            if discounts
+            else None
         )
         items = tuple(
             Item(
-                quantity=li.get("quantity") if isinstance(li.get("quantity"), int)
-                and li.get("quantity") > 0 else 1,
+                quantity=li.get("quantity")
+                if isinstance(li.get("quantity"), int) and li.get("quantity") > 0
+                else 1,
                 price=amount(li.get("unit_amount"), currency, "line_items.unit_amount"),
                 subtotal=amount(li.get("amount"), currency, "line_items.amount"),
                 sku=text(li.get("entity_id")),

@@ -130,7 +130,8 @@ class LemonSqueezySource:
             livemode=livemode,
         )
         return dispatch(
-            parsed, HANDLERS,
+            parsed,
+            HANDLERS,
             lambda handler: handler(
                 _Context(data_type, data_id, attrs, string_map(meta.get("custom_data")), livemode)
             ),
@@ -139,8 +140,14 @@ class LemonSqueezySource:
 
 
 class _Context:
-    def __init__(self, data_type: str, data_id: str, attrs: dict[str, Any], custom: dict[str, str],
-                 livemode: bool) -> None:
+    def __init__(
+        self,
+        data_type: str,
+        data_id: str,
+        attrs: dict[str, Any],
+        custom: dict[str, str],
+        livemode: bool,
+    ) -> None:
         self.type = data_type
         self.id = data_id
         self.attrs = attrs
@@ -175,7 +182,9 @@ class _Context:
     def refs(self, *keys: str) -> dict[str, str]:
         return pick_refs(self.attrs, *keys)
 
-    def conversion(self, kind: str, order_key: str, occurred: datetime, **fields: Any) -> Conversion:
+    def conversion(
+        self, kind: str, order_key: str, occurred: datetime, **fields: Any
+    ) -> Conversion:
         return Conversion(
             source="lemonsqueezy",
             kind=kind,
@@ -227,7 +236,10 @@ def _subscription_created(ctx: _Context) -> Conversion:
         SUBSCRIPTION_STARTED,
         ctx.key,
         ctx.when("created_at", "updated_at"),
-        refs={**ctx.refs("order_id", "product_id", "variant_id", "status"), "subscription_id": ctx.id},
+        refs={
+            **ctx.refs("order_id", "product_id", "variant_id", "status"),
+            "subscription_id": ctx.id,
+        },
     )
 
 
@@ -236,7 +248,10 @@ def _subscription_cancelled(ctx: _Context) -> Conversion:
         SUBSCRIPTION_CANCELLED,
         ctx.key,
         ctx.when("updated_at", "created_at"),
-        refs={**ctx.refs("order_id", "product_id", "variant_id", "ends_at"), "subscription_id": ctx.id},
+        refs={
+            **ctx.refs("order_id", "product_id", "variant_id", "ends_at"),
+            "subscription_id": ctx.id,
+        },
     )
 
 
@@ -275,8 +290,11 @@ def _refunded(ctx: _Context) -> Conversion | str:
         ctx.when("refunded_at", "updated_at"),
         currency=currency,
         total=cumulative,
-        refs={**ctx.refs("subscription_id", "order_number", "identifier"), "refunded_of": ctx.id,
-              refunds.CUMULATIVE_REF: ctx.key},
+        refs={
+            **ctx.refs("subscription_id", "order_number", "identifier"),
+            "refunded_of": ctx.id,
+            refunds.CUMULATIVE_REF: ctx.key,
+        },
     )
 
 

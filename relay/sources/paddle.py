@@ -208,7 +208,9 @@ def _transaction_completed(data: dict[str, Any], occurred: datetime | None) -> C
             )
         )
     kind = SUBSCRIPTION_RENEWED if origin == "subscription_recurring" else PURCHASE
-    refs = pick_refs(data, "subscription_id", "invoice_number", "invoice_id", "discount_id", "customer_id")
+    refs = pick_refs(
+        data, "subscription_id", "invoice_number", "invoice_id", "discount_id", "customer_id"
+    )
     refs["origin"] = origin
     return Conversion(
         source="paddle",
@@ -237,7 +239,10 @@ def _subscription(kind: str, data: dict[str, Any], occurred: datetime | None) ->
         currency=optional_currency(data.get("currency_code")),
         customer=_customer(data),
         metadata=string_map(data.get("custom_data")),
-        refs={**pick_refs(data, "transaction_id", "status", "customer_id"), "subscription_id": sub_id},
+        refs={
+            **pick_refs(data, "transaction_id", "status", "customer_id"),
+            "subscription_id": sub_id,
+        },
     )
 
 
@@ -261,8 +266,10 @@ def _adjustment(data: dict[str, Any], occurred: datetime | None) -> Conversion |
         subtotal=_amount(totals.get("subtotal"), currency, "totals.subtotal"),
         tax=_amount(totals.get("tax"), currency, "totals.tax"),
         customer=_customer(data),
-        refs={**pick_refs(data, "transaction_id", "subscription_id", "customer_id"),
-              "adjustment_id": adj_id},
+        refs={
+            **pick_refs(data, "transaction_id", "subscription_id", "customer_id"),
+            "adjustment_id": adj_id,
+        },
     )
 
 

@@ -231,7 +231,11 @@ def _invoice_paid(
     def summed(rows: Any) -> Any:
         values = [r.get("amount") for r in rows or () if isinstance(r, dict)]
         values = [v for v in values if v is not None]
-        return sum((money.from_minor(v, currency) for v in values), start=amount(0)) if values else None
+        return (
+            sum((money.from_minor(v, currency) for v in values), start=amount(0))
+            if values
+            else None
+        )
 
     tax = summed(invoice.get("total_taxes"))
     if tax is None:
@@ -252,13 +256,15 @@ def _invoice_paid(
         price_id = dig(line, "pricing", "price_details", "price") or price.get("id")
         product = dig(line, "pricing", "price_details", "product") or price.get("product")
         quantity = line.get("quantity")
-        items.append(Item(
-            quantity=quantity if isinstance(quantity, int) and quantity > 0 else 1,
-            subtotal=amount(line.get("amount")),
-            sku=price_id if isinstance(price_id, str) else None,
-            name=text(line.get("description")),
-            product_id=product if isinstance(product, str) else None,
-        ))
+        items.append(
+            Item(
+                quantity=quantity if isinstance(quantity, int) and quantity > 0 else 1,
+                subtotal=amount(line.get("amount")),
+                sku=price_id if isinstance(price_id, str) else None,
+                name=text(line.get("description")),
+                product_id=product if isinstance(product, str) else None,
+            )
+        )
     refs = {
         k: v
         for k, v in (
@@ -332,8 +338,10 @@ def _subscription_created(
 ) -> list[Conversion] | str:
     status = sub.get("status")
     if status not in STARTED_STATUSES:
-        return (f"subscription status {str(status)[:32]!r} is not started yet; "
-                "counted when customer.subscription.updated makes it active")
+        return (
+            f"subscription status {str(status)[:32]!r} is not started yet; "
+            "counted when customer.subscription.updated makes it active"
+        )
     return _subscription_conversion(SUBSCRIPTION_STARTED, sub, created, livemode)
 
 
@@ -358,8 +366,14 @@ FAILED_REFUNDS = frozenset({"failed", "canceled"})
 
 
 def _refund_conversion(
-    order_key: str, minor: int, currency: str, created: datetime, livemode: bool,
-    metadata: dict[str, str], refs: dict[str, Any], email: str | None = None,
+    order_key: str,
+    minor: int,
+    currency: str,
+    created: datetime,
+    livemode: bool,
+    metadata: dict[str, str],
+    refs: dict[str, Any],
+    email: str | None = None,
 ) -> list[Conversion]:
     return [
         Conversion(
@@ -369,8 +383,10 @@ def _refund_conversion(
             occurred_at=created,
             currency=currency,
             total=money.from_minor(minor, currency),
-            customer=Customer(email=email, id=refs.get("customer") if isinstance(
-                refs.get("customer"), str) else None),
+            customer=Customer(
+                email=email,
+                id=refs.get("customer") if isinstance(refs.get("customer"), str) else None,
+            ),
             metadata=metadata,
             refs={k: v for k, v in refs.items() if isinstance(v, str) and v},
             livemode=livemode,
@@ -388,7 +404,11 @@ def _refund_created(
         return f"refund status {refund.get('status')!r} moved no money"
     currency = money.currency_code(refund.get("currency"))
     return _refund_conversion(
-        refund_id, refund.get("amount"), currency, created, livemode,
+        refund_id,
+        refund.get("amount"),
+        currency,
+        created,
+        livemode,
         string_map(refund.get("metadata")),
         {"charge": refund.get("charge"), "payment_intent": refund.get("payment_intent")},
     )
@@ -401,24 +421,40 @@ def _charge_refunded(
     if not charge_id:
         raise PayloadError("charge has no id")
     currency = money.currency_code(charge.get("currency"))
-    refs = {"charge": charge_id, "payment_intent": charge.get("payment_intent"),
-            "customer": charge.get("customer")}
+    refs = {
+        "charge": charge_id,
+        "payment_intent": charge.get("payment_intent"),
+        "customer": charge.get("customer"),
+    }
     metadata = string_map(charge.get("metadata"))
     email = text(dig(charge, "billing_details", "email")) or text(charge.get("receipt_email"))
     refunds = [
-        r for r in dig(charge, "refunds", "data") or ()
-        if isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"]
+        r
+        for r in dig(charge, "refunds", "data") or ()
+        if isinstance(r, dict)
+        and isinstance(r.get("id"), str)
+        and r["id"]
         and r.get("status") not in FAILED_REFUNDS
     ]
     if not refunds:
-        return ("charge.refunded carries no charge.refunds list (absent by default since "
-                "API 2022-11-15); subscribe to refund.created to relay refunds")
+        return (
+            "charge.refunded carries no charge.refunds list (absent by default since "
+            "API 2022-11-15); subscribe to refund.created to relay refunds"
+        )
     # Each refund is keyed on its re_ id, like refund.created: the ledger keeps one.
     out: list[Conversion] = []
-    for refund in sorted(refunds, key=lambda r: r["created"] if isinstance(r.get("created"), int) else 0):
+    for refund in sorted(
+        refunds, key=lambda r: r["created"] if isinstance(r.get("created"), int) else 0
+    ):
         out += _refund_conversion(
-            refund["id"], refund.get("amount"), currency, created, livemode,
-            {**metadata, **string_map(refund.get("metadata"))}, refs, email,
+            refund["id"],
+            refund.get("amount"),
+            currency,
+            created,
+            livemode,
+            {**metadata, **string_map(refund.get("metadata"))},
+            refs,
+            email,
         )
     return out
 
@@ -433,5 +469,3 @@ HANDLERS = {
     "refund.created": _refund_created,
     "charge.refunded": _charge_refunded,
 }
-
-

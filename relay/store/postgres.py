@@ -119,6 +119,8 @@ def lock_key(source: str, prefix: str) -> int:
     here, so no text the processor sent ever reaches the lock statement."""
     digest = hashlib.blake2b(f"{source}:{prefix}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
 _EVENTS_SQL = (
     "INSERT INTO events (source, event_id, event_type, received_at, body)"
     " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[])"
@@ -301,7 +303,9 @@ class PostgresStore(Store):
             # Shielded: the batch may still commit it; the processor's retry is then a duplicate.
             return await asyncio.wait_for(asyncio.shield(fut), RECORD_DEADLINE)
         except TimeoutError:
-            raise StoreError(f"PostgreSQL did not record the webhook within {RECORD_DEADLINE:.0f} s") from None
+            raise StoreError(
+                f"PostgreSQL did not record the webhook within {RECORD_DEADLINE:.0f} s"
+            ) from None
 
     # ------------------------------------------------------------ group commit
 
@@ -358,7 +362,8 @@ class PostgresStore(Store):
                         raise
                     log.warning(
                         "store: a batch of %d records failed (%s); redoing it call by call",
-                        len(batch), self._error("record failed", exc),
+                        len(batch),
+                        self._error("record failed", exc),
                     )
                     results = await self._record_guarded(conn, batch)
         except Exception as exc:
@@ -432,8 +437,7 @@ class PostgresStore(Store):
             if all_keys:
                 ex_cur = await conn.execute(
                     _EXISTING_SQL,
-                    ([k[0] for k in all_keys], [k[1] for k in all_keys],
-                     [k[2] for k in all_keys]),
+                    ([k[0] for k in all_keys], [k[1] for k in all_keys], [k[2] for k in all_keys]),
                 )
             if objects:
                 earlier_cur = await conn.execute(
@@ -452,8 +456,9 @@ class PostgresStore(Store):
             # Each call in batch order, as `_record_one` would, the calls before it included.
             outcomes: list[Recorded] = []
             plans: list[list[tuple[Conversion, tuple[str, str, str] | None]]] = []
-            planned: dict[tuple[str, str, str], tuple[int, str | None, Conversion, float,
-                                                      Sequence[str]]] = {}
+            planned: dict[
+                tuple[str, str, str], tuple[int, str | None, Conversion, float, Sequence[str]]
+            ] = {}
             for i, call in enumerate(batch):
                 event = call.event
                 key = (event.source, event.event_id)
@@ -499,7 +504,10 @@ class PostgresStore(Store):
                                     conversion.total or Decimal(0)
                                 )
                     planned[key3] = (
-                        event_row, ckey, conversion, event.received_at,
+                        event_row,
+                        ckey,
+                        conversion,
+                        event.received_at,
                         call.destinations_for(conversion),
                     )
                     plan.append((conversion, key3))
@@ -557,12 +565,16 @@ class PostgresStore(Store):
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                     results.append(
-                        await self._record_one(conn, call.event, call.conversions, call.destinations_for)
+                        await self._record_one(
+                            conn, call.event, call.conversions, call.destinations_for
+                        )
                     )
             except Exception as exc:
                 if conn.closed or conn.broken:
                     raise
-                results.append(exc if isinstance(exc, StoreError) else self._error("record failed", exc))
+                results.append(
+                    exc if isinstance(exc, StoreError) else self._error("record failed", exc)
+                )
         return results
 
     async def _record_one(
@@ -707,8 +719,7 @@ class PostgresStore(Store):
                 recovered=bool(recovered),
                 in_doubt=bool(in_doubt),
             )
-            for delivery_id, conversion_id, destination, attempts, recovered, in_doubt, data, created
-            in rows
+            for delivery_id, conversion_id, destination, attempts, recovered, in_doubt, data, created in rows
         ]
 
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
@@ -815,9 +826,7 @@ class PostgresStore(Store):
             " d.created_at, d.updated_at"
             " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id {where}"
             " ORDER BY d.id DESC LIMIT %s"
-        ).format(
-            where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-        )
+        ).format(where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
         async with self._conn("query failed") as conn:
             cur = await conn.execute(query, (*args, limit))
             rows = await cur.fetchall()
@@ -912,7 +921,8 @@ class PostgresStore(Store):
                     return
                 log.warning(
                     "store: LISTEN connection lost (%s); reconnecting in %.1f s",
-                    self._error("listener", exc), delay,
+                    self._error("listener", exc),
+                    delay,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_BACKOFF[1])

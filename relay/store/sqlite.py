@@ -139,7 +139,10 @@ class SQLiteStore(Store):
                     f"database schema {row[0]} is newer than this relay ({SCHEMA_VERSION})"
                 )
             columns = {r[1] for r in conn.execute("PRAGMA table_info(deliveries)")}
-            for column, kind in (("in_doubt", "INTEGER NOT NULL DEFAULT 0"), ("sent_attempt", "INTEGER")):
+            for column, kind in (
+                ("in_doubt", "INTEGER NOT NULL DEFAULT 0"),
+                ("sent_attempt", "INTEGER"),
+            ):
                 if column not in columns:  # version 1 → 2
                     conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             if row[0] != SCHEMA_VERSION:
@@ -207,8 +210,11 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
             if isinstance(exc, Exception):
                 log.error("sqlite transaction failed: %s", exc)
-            err = StoreError(f"database is unavailable: {exc}" if isinstance(exc, Exception)
-                             else "store is closing")
+            err = StoreError(
+                f"database is unavailable: {exc}"
+                if isinstance(exc, Exception)
+                else "store is closing"
+            )
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(err)
@@ -281,7 +287,9 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                if (
+                    "locked" not in str(exc) and "busy" not in str(exc)
+                ) or time.monotonic() > deadline:
                     raise
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
@@ -417,8 +425,12 @@ def _record(
                 " AND order_key >= ? AND order_key < ?",
                 (conversion.source, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
             ).fetchall()
-            delta = None if exists else refunds.refund_delta(
-                conversion, [Conversion.from_json(row[0]).total or 0 for row in earlier]
+            delta = (
+                None
+                if exists
+                else refunds.refund_delta(
+                    conversion, [Conversion.from_json(row[0]).total or 0 for row in earlier]
+                )
             )
             if delta is None:
                 result.known.append(conversion)

@@ -11,7 +11,6 @@ endpoint that is gone.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 

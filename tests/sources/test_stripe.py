@@ -199,9 +199,10 @@ def test_worker_survives_a_raising_enricher(tmp_path, simmer, impact):
     """The worker delivers without enrichment when the enrich hook itself raises."""
     import time
 
+    from starlette.testclient import TestClient
+
     from relay.app import create_app
     from relay.settings import Settings
-    from starlette.testclient import TestClient
 
     async def broken(conversion, destination):
         raise RuntimeError("enrichment exploded")
