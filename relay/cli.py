@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--destination")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--id", type=int, help="one delivery, with every attempt made")
 
     p = sub.add_parser("retry", help="requeue dead-lettered (failed) or skipped deliveries")
     p.add_argument("ids", nargs="*", type=int, help="these deliveries (failed or skipped)")
@@ -147,21 +148,29 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def deliveries(settings: Settings, args: argparse.Namespace) -> None:
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], list[Any]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await store.deliveries(args.status, args.destination, args.limit)
+            if args.id is not None:
+                rows = await store.deliveries(delivery_id=args.id)
+                return rows, (await store.attempts(args.id) if rows else [])
+            return await store.deliveries(args.status, args.destination, args.limit), []
         finally:
             await store.close()
 
-    rows = asyncio.run(run())
+    rows, attempts = asyncio.run(run())
     if args.json:
         for row in rows:
-            print(orjson.dumps({k: getattr(row, k) for k in row.__dataclass_fields__}).decode())
+            item = {k: getattr(row, k) for k in row.__dataclass_fields__}
+            if args.id is not None:
+                item["attempt_log"] = [
+                    {k: getattr(a, k) for k in a.__dataclass_fields__} for a in attempts
+                ]
+            print(orjson.dumps(item).decode())
         return
     if not rows:
-        print("no deliveries")
+        print("no such delivery" if args.id is not None else "no deliveries")
         return
     print(
         f"{'ID':>6}  {'DESTINATION':<10} {'STATUS':<9} {'TRIES':>5}  {'NEXT/UPDATED':<20} "
@@ -169,12 +178,21 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
     )
     for r in rows:
         when = r.next_attempt_at if r.status == "pending" else r.updated_at
-        stamp = datetime.fromtimestamp(when or 0, UTC).strftime("%Y-%m-%d %H:%M:%S")
         err = (r.last_error or "").replace("\n", " ")[:120]
         print(
-            f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {stamp:<20} "
+            f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {_stamp(when):<20} "
             f"{r.kind:<22} {r.order_key}  {err}"
         )
+    for n, a in enumerate(attempts, start=1):
+        code = a.status_code if a.status_code is not None else "-"
+        print(
+            f"  attempt {n}: {_stamp(a.started_at)}  {a.outcome:<9} HTTP {code}  "
+            f"{a.duration_ms:.0f} ms  {a.detail[:200]}"
+        )
+
+
+def _stamp(when: float | None) -> str:
+    return datetime.fromtimestamp(when or 0, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def retry(settings: Settings, args: argparse.Namespace) -> None:

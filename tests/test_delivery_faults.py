@@ -61,6 +61,11 @@ def test_4xx_is_dead_lettered_with_the_destination_text_then_retry_requeues(rela
     assert "requeued 1 delivery" in out
     wait_until(lambda: simmer.accepted, message="delivered after requeue")
     assert [r["status"] for r in relay.deliveries(destination="simmer")] == ["delivered"]
+    # The delivery's history, as an operator reads it.
+    history = relay.cli("deliveries", "--id", str(failed["id"])).stdout
+    assert "attempt 1:" in history and "HTTP 400" in history and "attempt 2:" in history
+    [one] = relay.deliveries(id=str(failed["id"]))
+    assert [(a["outcome"], a["status_code"]) for a in one["attempt_log"]] == [("failed", 400), ("delivered", 200)]
 
 
 def test_unsendable_conversions_are_skipped_with_a_reason(relay, simmer, impact):

@@ -149,8 +149,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def deliveries(
-        self, status: str | None = None, destination: str | None = None, limit: int = 50
-    ) -> list[DeliveryRow]: ...
+        self,
+        status: str | None = None,
+        destination: str | None = None,
+        limit: int = 50,
+        delivery_id: int | None = None,
+    ) -> list[DeliveryRow]:
+        """Deliveries, newest first, filtered by status, destination or id."""
+
+    @abc.abstractmethod
+    async def attempts(self, delivery_id: int) -> list[Attempt]:
+        """The attempts recorded for one delivery, oldest first."""
 
     @abc.abstractmethod
     async def requeue(

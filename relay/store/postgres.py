@@ -60,6 +60,7 @@ from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
+    Attempt,
     FAILED,
     PENDING,
     Claim,
@@ -809,10 +810,17 @@ class PostgresStore(Store):
         return None if row is None or row[0] is None else float(row[0])
 
     async def deliveries(
-        self, status: str | None = None, destination: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        destination: str | None = None,
+        limit: int = 50,
+        delivery_id: int | None = None,
     ) -> list[DeliveryRow]:
         where: list[sql.Composable] = []
         args: list[Any] = []
+        if delivery_id is not None:
+            where.append(sql.SQL("d.id = %s"))
+            args.append(delivery_id)
         if status:
             where.append(sql.SQL("d.status = %s"))
             args.append(status)
@@ -831,6 +839,19 @@ class PostgresStore(Store):
             cur = await conn.execute(query, (*args, limit))
             rows = await cur.fetchall()
         return [DeliveryRow(*row) for row in rows]
+
+    async def attempts(self, delivery_id: int) -> list[Attempt]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT started_at, duration_ms, outcome, status_code, detail FROM attempts"
+                " WHERE delivery_id = %s ORDER BY id",
+                (delivery_id,),
+            )
+            rows = await cur.fetchall()
+        return [
+            Attempt(started, ms, outcome, code, detail or "")
+            for started, ms, outcome, code, detail in rows
+        ]
 
     async def requeue(
         self,

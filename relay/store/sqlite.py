@@ -38,6 +38,7 @@ from relay import refunds
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
+    Attempt,
     FAILED,
     PENDING,
     Claim,
@@ -367,9 +368,16 @@ class SQLiteStore(Store):
         return await self._call(_next_due, tuple(destinations))
 
     async def deliveries(
-        self, status: str | None = None, destination: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        destination: str | None = None,
+        limit: int = 50,
+        delivery_id: int | None = None,
     ) -> list[DeliveryRow]:
-        return await self._call(_deliveries, status, destination, limit)
+        return await self._call(_deliveries, status, destination, limit, delivery_id)
+
+    async def attempts(self, delivery_id: int) -> list[Attempt]:
+        return await self._call(_attempts, delivery_id)
 
     async def requeue(
         self,
@@ -598,9 +606,17 @@ def _next_due(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> float 
 
 
 def _deliveries(
-    conn: sqlite3.Connection, status: str | None, destination: str | None, limit: int
+    conn: sqlite3.Connection,
+    status: str | None,
+    destination: str | None,
+    limit: int,
+    delivery_id: int | None,
 ) -> list[DeliveryRow]:
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
+    if delivery_id is not None:
+        where.append("d.id = ?")
+        args.append(delivery_id)
     if status:
         where.append("d.status = ?")
         args.append(status)
@@ -616,6 +632,17 @@ def _deliveries(
         + " ORDER BY d.id DESC LIMIT ?"
     )
     return [DeliveryRow(*row) for row in conn.execute(sql, (*args, limit))]
+
+
+def _attempts(conn: sqlite3.Connection, delivery_id: int) -> list[Attempt]:
+    return [
+        Attempt(started, ms, outcome, code, detail or "")
+        for started, ms, outcome, code, detail in conn.execute(
+            "SELECT started_at, duration_ms, outcome, status_code, detail FROM attempts"
+            " WHERE delivery_id = ? ORDER BY id",
+            (delivery_id,),
+        )
+    ]
 
 
 def _requeue(
