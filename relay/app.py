@@ -209,11 +209,10 @@ async def receive(relay: Relay, request: Request) -> Response:
     if reason is None and (not parsed.livemode or relay.is_sandbox(name)):
         if not relay.settings.deliver_test_events:
             reason = "test-mode event (set RELAY_DELIVER_TEST_EVENTS=true to relay it)"
-        else:
-            for conv in parsed.conversions:
-                if conv.livemode:
-                    parsed.conversions = [c.replace(livemode=False) for c in parsed.conversions]
-                    break
+        else:  # relayed, marked as test data (sandbox deploys send "live-looking" events)
+            parsed.conversions = [
+                c.replace(livemode=False) if c.livemode else c for c in parsed.conversions
+            ]
     if reason is None and not parsed.conversions:
         reason = "event carries no conversion"
     if reason is not None:
