@@ -517,10 +517,14 @@ class Worker:
                 self.metrics.delivered(claim.destination, time.time() - claim.created_at)
         elif outcome.kind == RETRY and not (ambiguous and not dest.resend_ambiguous):
             if code == 429:
-                self._pause(
-                    claim.destination,
-                    min(outcome.retry_after or 1.0, self.settings.retry_after_max_seconds),
-                )
+                wait = min(outcome.retry_after or 1.0, self.settings.retry_after_max_seconds)
+                self._pause(claim.destination, wait)
+                per_minute = dest.settings.rate_limit_per_minute
+                if per_minute:  # every other worker holds off too, through the shared window
+                    with contextlib.suppress(Exception):
+                        await self.store.rate_block(
+                            claim.destination, per_minute, time.time() + wait
+                        )
             delay = self.policy.next_delay(
                 claim.attempt, dest.settings.max_attempts, outcome.retry_after
             )

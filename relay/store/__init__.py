@@ -184,6 +184,11 @@ class Store(abc.ABC):
         return None
 
     @abc.abstractmethod
+    async def rate_block(self, key: str, per_minute: int, until: float) -> None:
+        """The destination asked everyone to wait until `until` (a 429's Retry-After):
+        fill the shared window so that no process takes a slot before then."""
+
+    @abc.abstractmethod
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         """Take a send slot from a shared limiter: 0 when granted, else seconds to wait.
 

@@ -896,6 +896,14 @@ class PostgresStore(Store):
             "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
         }
 
+    async def rate_block(self, key: str, per_minute: int, until: float) -> None:
+        # per_minute sends dated 60 s before `until` keep the window full until exactly then
+        async with self._conn("rate limit failed") as conn:
+            await conn.execute(
+                "INSERT INTO rate_limits (key, sent) SELECT %s, %s FROM generate_series(1, %s)",
+                (key, until - 60.0, per_minute),
+            )
+
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         async with self._conn("rate limit failed") as conn:
             cur = await conn.execute(

@@ -391,6 +391,9 @@ class SQLiteStore(Store):
     async def stats(self, now: float) -> dict[str, Any]:
         return await self._call(_stats, now)
 
+    async def rate_block(self, key: str, per_minute: int, until: float) -> None:
+        await self._call(_rate_block, key, per_minute, until)
+
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         return await self._call(_rate_acquire, key, per_minute, now)
 
@@ -682,6 +685,13 @@ def _stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "by_status": by_status,
         "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
     }
+
+
+def _rate_block(conn: sqlite3.Connection, key: str, per_minute: int, until: float) -> None:
+    # per_minute sends dated 60 s before `until` keep the window full until exactly then
+    conn.executemany(
+        "INSERT INTO rate_limits (key, sent) VALUES (?, ?)", [(key, until - 60.0)] * per_minute
+    )
 
 
 def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: float) -> float:

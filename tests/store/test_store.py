@@ -571,3 +571,14 @@ async def test_postgres_refund_lock_keys_never_see_processor_text(pg_url) -> Non
         assert isinstance(results[5], StoreError)
     finally:
         await store.close()
+
+
+async def test_a_429_blocks_the_shared_window_for_every_instance(opener) -> None:
+    a = await opener()
+    b = await opener()
+    now = time.time()
+    assert await b.rate_acquire("simmer", 50, now) == 0.0
+    await a.rate_block("simmer", 50, now + 30)  # Simmer said Retry-After: 30 to one worker
+    wait = await b.rate_acquire("simmer", 50, now + 1)  # another worker asks for a slot
+    assert 28 <= wait <= 30
+    assert await b.rate_acquire("simmer", 50, now + 31) == 0.0  # free again afterwards
