@@ -31,7 +31,7 @@ if not Path(os.environ["RELAY_SHARED_DIR"]).is_dir():
     os.environ["RELAY_SHARED_DIR"] = "/work/shared"
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import STRIPE_SECRET, body_of, checkout_event  # noqa: E402
+from tests.helpers import STRIPE_SECRET, body_of, checkout_event, stop_process  # noqa: E402
 
 PY = sys.executable
 SIMMER_KEY = "simmer_sk_bench_0123456789"
@@ -142,13 +142,7 @@ class Proc:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def modules(self) -> str:
         """Which fast paths the process loaded (uvloop / httptools), from /proc/PID/maps."""

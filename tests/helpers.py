@@ -115,6 +115,18 @@ def body_of(event: dict[str, Any]) -> bytes:
 # ------------------------------------------------------------------ relay process
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 30) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it does not end within `grace`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class RelayProcess:
     """`python -m relay serve` on 127.0.0.1 with its own env and SQLite file."""
 
@@ -172,13 +184,7 @@ class RelayProcess:
         return self.proc.wait(30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self._logs if p.exists())

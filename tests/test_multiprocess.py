@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import core_env
-from tests.helpers import REPO, RelayProcess, checkout_event, wait_until
+from tests.helpers import REPO, RelayProcess, checkout_event, stop_process, wait_until
 from tests.pgdb import pg_databases, pg_url  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -57,14 +57,7 @@ class WorkerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, grace=20)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -60,9 +60,9 @@ from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
-    Attempt,
     FAILED,
     PENDING,
+    Attempt,
     Claim,
     DeliveryRow,
     EventRecord,

@@ -39,9 +39,9 @@ from relay import refunds
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
-    Attempt,
     FAILED,
     PENDING,
+    Attempt,
     Claim,
     DeliveryRow,
     EventRecord,
