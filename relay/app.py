@@ -21,15 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relay import attribution
-from relay.conversion import Conversion
 from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
 from relay.errors import PayloadError, SignatureError, StoreError
+from relay.intake import IGNORED, Intake
 from relay.metrics import Metrics
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
-from relay.store import EventRecord, Store, open_store
+from relay.store import Store, open_store
 from relay.worker import Worker
 
 log = logging.getLogger("relay.web")
@@ -57,13 +56,10 @@ class Relay:
     destinations: dict[str, Destination]
     metrics: Metrics = field(default_factory=Metrics)
     worker: Worker | None = None
+    intake: Intake = field(init=False)
 
-    def plan(self, conversion: Conversion) -> list[str]:
-        """The destinations that take this conversion."""
-        return [name for name, dest in self.destinations.items() if dest.accepts(conversion)]
-
-    def is_sandbox(self, source: str) -> bool:
-        return bool(getattr(getattr(self.settings, source), "sandbox", False))
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.settings, self.store, self.sources, self.destinations)
 
 
 def create_app(
@@ -195,38 +191,21 @@ async def receive(relay: Relay, request: Request) -> Response:
         extra = {"WWW-Authenticate": 'Basic realm="relay"'} if exc.status_code == 401 else {}
         return answer("rejected", {"error": str(exc)}, exc.status_code, **extra)
     try:
-        parsed = source.parse(body)
+        result = await relay.intake.accept(name, body, now)
     except PayloadError as exc:
         log.warning("webhook source=%s malformed: %s", name, exc)
         return answer("malformed", {"error": str(exc)}, 400)
-    except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as exc:
-        # A shape no check above foresaw: still the payload's fault, still a 400.
-        log.warning("webhook source=%s unreadable: %s", name, type(exc).__name__)
-        return answer("malformed", {"error": f"cannot read the {name} event"}, 400)
-
-    tag = f"source={name} event={parsed.event_id} type={parsed.event_type}"
-    reason = parsed.ignored
-    if reason is None and (not parsed.livemode or relay.is_sandbox(name)):
-        if not relay.settings.deliver_test_events:
-            reason = "test-mode event (set RELAY_DELIVER_TEST_EVENTS=true to relay it)"
-        else:  # relayed, marked as test data (sandbox deploys send "live-looking" events)
-            parsed.conversions = [
-                c.replace(livemode=False) if c.livemode else c for c in parsed.conversions
-            ]
-    if reason is None and not parsed.conversions:
-        reason = "event carries no conversion"
-    if reason is not None:
-        log.info("webhook %s ignored: %s", tag, reason)
-        return answer("ignored", {"status": "ignored", "reason": reason})
-
-    conversions = [attribution.attach(c, relay.settings.attribution) for c in parsed.conversions]
-    event = EventRecord(name, parsed.event_id, parsed.event_type, now, body)
-    try:
-        recorded = await relay.store.record(event, conversions, relay.plan)
     except Exception as exc:  # StoreError or worse: nothing acked, the processor retries
-        log.error("webhook %s not stored: %s", tag, exc)
+        log.error("webhook source=%s event not stored: %s", name, exc)
         return answer("store_error", {"error": "store unavailable, retry later"}, 503)
 
+    parsed = result.parsed
+    tag = f"source={name} event={parsed.event_id} type={parsed.event_type}"
+    if result.status == IGNORED:
+        log.info("webhook %s ignored: %s", tag, result.reason)
+        return answer("ignored", {"status": "ignored", "reason": result.reason})
+    recorded = result.recorded
+    assert recorded is not None
     if recorded.duplicate:
         log.info("webhook %s duplicate", tag)
         return answer("duplicate", {"status": "duplicate", "event_id": parsed.event_id})
