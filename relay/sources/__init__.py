@@ -80,11 +80,11 @@ def dispatch(
         exc.event_id, exc.event_type = parsed.event_id, parsed.event_type
         raise
     except UNREADABLE as exc:
-        error = PayloadError(
-            f"cannot read the {parsed.event_type[:64]!r} event ({type(exc).__name__})"
-        )
-        error.event_id, error.event_type = parsed.event_id, parsed.event_type
-        raise error from None
+        raise unreadable(
+            f"cannot read the {parsed.event_type[:64]!r} event ({type(exc).__name__})",
+            parsed.event_id,
+            parsed.event_type,
+        ) from None
     if isinstance(result, str):
         parsed.ignored = result
     elif isinstance(result, Conversion):
@@ -105,13 +105,23 @@ def event_envelope(
     event_type = text(event.get("event_type"))
     payload = event.get(payload_key)
     if not event_id or not event_type or not isinstance(payload, dict):
-        raise PayloadError(
-            f"not a {processor} event: {id_key}, event_type or {payload_key} is missing"
+        raise unreadable(
+            f"not a {processor} event: {id_key}, event_type or {payload_key} is missing",
+            event_id,
+            event_type,
         )
     parsed = ParsedEvent(
         event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
     )
     return event, payload, parsed
+
+
+def unreadable(message: str, event_id: str | None, event_type: str | None) -> PayloadError:
+    """A PayloadError that keeps what the envelope did say (a quarantined event is then
+    stored under the processor's own id)."""
+    error = PayloadError(message)
+    error.event_id, error.event_type = event_id, event_type
+    return error
 
 
 def amount(value: Any, currency: str, name: str, required: bool = False) -> Decimal | None:
