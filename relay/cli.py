@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         "--since", help="recorded since: ISO 8601 or 48h / 7d (default: D's own window)"
     )
     p.add_argument("--until", help="recorded before this time")
-    p.add_argument("--dry-run", action="store_true", help="plan nothing; print the count and a sample")
+    p.add_argument(
+        "--dry-run", action="store_true", help="plan nothing; print the count and a sample"
+    )
 
     p = sub.add_parser(
         "resend", help="send delivered deliveries again, with the same idempotency key"
@@ -470,8 +472,8 @@ def resend(settings: Settings, args: argparse.Namespace) -> None:
     lost = [row.id for row in ok if row.id not in resent]
     if lost:
         print(
-            f"relay: {', '.join(map(str, lost))} changed meanwhile and {'was' if len(lost) == 1 else 'were'}"
-            " not resent (see `relay deliveries --id N`)",
+            f"relay: {', '.join(map(str, lost))} changed meanwhile and"
+            f" {'was' if len(lost) == 1 else 'were'} not resent (see `relay deliveries --id N`)",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -71,7 +71,9 @@ async def replay(
     claimed: set[tuple[str, str, str]] = set()  # a dry run's "new" keys, seen by later events
     for start in range(0, len(events), CHUNK):
         ids = [e.id for e in events[start : start + CHUNK]]
-        for event in await intake.store.events(ids=ids, limit=None, with_body=True, oldest_first=True):
+        for event in await intake.store.events(
+            ids=ids, limit=None, with_body=True, oldest_first=True
+        ):
             result = await intake.replay(event, now, dry_run)
             if dry_run and result.recorded is not None:
                 _as_one_run(intake, result, claimed)
@@ -137,7 +139,8 @@ def describe(result: Replayed, dry_run: bool = False) -> str:
         verb = "would record " if dry_run else ""
         parts.append(
             f"{verb}{_plural(len(recorded.conversions), 'new conversion')}"
-            f" ({_keys(recorded.conversions)}), {_plural(recorded.deliveries, 'delivery', 'deliveries')}"
+            f" ({_keys(recorded.conversions)}),"
+            f" {_plural(recorded.deliveries, 'delivery', 'deliveries')}"
         )
     elif result.status == ACCEPTED:
         parts.append("nothing new")
@@ -145,7 +148,8 @@ def describe(result: Replayed, dry_run: bool = False) -> str:
         parts.append(f"already recorded: {_keys(recorded.known)} (kept as recorded)")
     for new, old in result.differs:
         names = sorted(
-            k for k in new.attribution.keys() | old.attribution.keys()
+            k
+            for k in new.attribution.keys() | old.attribution.keys()
             if new.attribution.get(k) != old.attribution.get(k)
         )
         parts.append(

@@ -158,7 +158,7 @@ def test_quarantined_event_becomes_a_conversion_after_an_upgrade_that_reads_it(r
     assert "still quarantined: unknown currency code 'xts'" in today
 
     upgraded = upgraded_cli(relay, "replay", "--dry-run")
-    assert f"(dry run) #" in upgraded.stdout and "would record 1 new conversion" in upgraded.stdout
+    assert "(dry run) #" in upgraded.stdout and "would record 1 new conversion" in upgraded.stdout
     assert relay.deliveries() == []
     upgraded = upgraded_cli(relay, "replay").stdout
     assert (f"{event['id']} (checkout.session.completed): quarantined → accepted,"

@@ -919,10 +919,11 @@ class PostgresStore(Store):
         async with self._conn("query failed") as conn:
             cur = await conn.execute(query, args)
             rows = await cur.fetchall()
-        return [
-            StoredEvent(*row[:8], bytes(row[8]) if with_body else None)  # type: ignore[misc]
-            for row in rows
-        ]
+        found = [StoredEvent(*row[:8]) for row in rows]
+        if with_body:
+            for event, row in zip(found, rows, strict=True):
+                event.body = bytes(row[8])
+        return found
 
     async def replay(
         self,
@@ -974,7 +975,9 @@ class PostgresStore(Store):
                 ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
             )
             rows = await cur.fetchall()
-        return {(src, kind, key): Conversion.from_json(bytes(data)) for src, kind, key, data in rows}
+        return {
+            (src, kind, key): Conversion.from_json(bytes(data)) for src, kind, key, data in rows
+        }
 
     async def without_delivery(
         self,

@@ -498,7 +498,9 @@ def _record(
     if cur.rowcount == 0:
         return Recorded(duplicate=True)
     assert cur.lastrowid is not None
-    return _record_conversions(conn, cur.lastrowid, event.received_at, conversions, destinations_for)
+    return _record_conversions(
+        conn, cur.lastrowid, event.received_at, conversions, destinations_for
+    )
 
 
 def _record_conversions(

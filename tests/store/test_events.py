@@ -22,21 +22,22 @@ from relay.store import (
     Store,
     open_store,
 )
-from tests.store.test_store import (  # noqa: F401 - fixtures
-    anyio_backend,
-    conversion,
-    everywhere,
-    opener,
-    pg_databases,
-    store,
-    store_url,
-)
+from tests.pgdb import pg_databases  # noqa: F401 - fixture
+from tests.store import test_store as contract
+from tests.store.test_store import conversion, everywhere
+
+# The backends and the store fixtures of the Store contract tests.
+anyio_backend = contract.anyio_backend
+store_url = contract.store_url
+opener = contract.opener
+store = contract.store
 
 pytestmark = pytest.mark.anyio
 
 
 def stored(event_id: str, status: str = ACCEPTED, reason: str | None = None,
-           at: float | None = None, source: str = "stripe", body: bytes = b'{"id": "x"}') -> EventRecord:
+           at: float | None = None, source: str = "stripe",
+           body: bytes = b'{"id": "x"}') -> EventRecord:
     return EventRecord(source, event_id, "checkout.session.completed",
                        time.time() if at is None else at, body, status, reason)
 
@@ -52,7 +53,8 @@ async def test_every_status_is_kept_and_listed_newest_first(store: Store) -> Non
                                  everywhere)
     assert not ignored.duplicate and ignored.deliveries == 0
     await store.record(stored("evt_q", QUARANTINED, "unknown currency code 'XYZ'", at=now - 100,
-                              source="paddle", body=b'{"secret": "buyer@example.com"}'), [], everywhere)
+                              source="paddle", body=b'{"secret": "buyer@example.com"}'),
+                       [], everywhere)
     again = await store.record(stored("evt_i", IGNORED, "test-mode event"), [], everywhere)
     assert again.duplicate  # a duplicate is not stored twice
 
@@ -101,7 +103,8 @@ async def test_replay_records_what_is_new_once(store: Store) -> None:
                                 everywhere, now + 1)
     assert not second.conversions and len(second.known) == 1 and second.deliveries == 0
     assert len(await store.deliveries()) == 2
-    found = await store.conversions_by_key([("stripe", "purchase", "cs_1"), ("stripe", "refund", "x")])
+    found = await store.conversions_by_key(
+        [("stripe", "purchase", "cs_1"), ("stripe", "refund", "x")])
     assert list(found) == [("stripe", "purchase", "cs_1")]
     assert found[("stripe", "purchase", "cs_1")].total == conversion("cs_1").total
 
@@ -126,7 +129,8 @@ async def test_replay_takes_the_real_event_id_when_it_is_free(store: Store) -> N
 async def test_backfill_to_a_destination_adds_only_missing_deliveries(store: Store) -> None:
     now = time.time()
     await store.record(stored("e_old", at=now - 1000), [conversion("o_old")], only("simmer"))
-    await store.record(stored("e1", at=now - 100), [conversion("o1"), conversion("o2")], only("simmer"))
+    await store.record(stored("e1", at=now - 100), [conversion("o1"), conversion("o2")],
+                       only("simmer"))
     await store.record(stored("e2", at=now - 50), [conversion("o3")], everywhere)
 
     missing = await store.without_delivery("impact", since=now - 500)
