@@ -75,6 +75,11 @@ def test_test_events_are_kept_and_replayed_after_turning_on_deliver_test_events(
     [kept] = events(relay, "--status", "ignored")
     assert (kept["event_id"], kept["source"], kept["event_type"]) == (
         test_event["id"], "stripe", "checkout.session.completed")
+    assert [e["event_id"] for e in events(relay, "--since", "1h", "--source", "stripe")][-1] == (
+        test_event["id"])
+    assert events(relay, "--since", "2099-01-01") == []
+    bad = relay.cli("events", "--since", "last tuesday", check=False)
+    assert bad.returncode != 0 and "--since" in bad.stderr and "ISO 8601" in bad.stderr
     listing = relay.cli("events").stdout
     assert test_event["id"] in listing and "test-mode event" in listing
     assert "tess@example.com" not in listing  # the list never shows bodies

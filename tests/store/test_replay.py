@@ -96,3 +96,14 @@ async def test_a_source_no_longer_configured_is_left_alone(store: Store) -> None
     assert summary.left_alone == 1
     [row] = await store.events()
     assert row.status == QUARANTINED and row.replayed_at is None
+
+
+async def test_an_event_whose_body_was_removed_is_left_alone(store: Store) -> None:
+    from relay.store import EventRecord
+
+    await store.record(EventRecord("stripe", "evt_gone", "t", time.time(), b"", IGNORED, "x"), [],
+                       lambda _: ())
+    summary, [line] = await run(intake(store, deliver_test_events=True))
+    assert "left alone: its raw body is no longer stored" in line
+    [row] = await store.events()
+    assert (row.status, row.replayed_at) == (IGNORED, None)
