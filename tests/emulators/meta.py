@@ -23,7 +23,8 @@ numeric `value` >= 0; subscription lifecycle events carry
 request with Meta's error for that code (1/2 transient, 4/17/32/613
 throttling, 190 token, 100 parameter).
 
-`events` lists every event counted; Meta keeps one per (event_name, event_id)
+`poison` holds event ids refused as Meta refuses an event for a reason relay
+cannot see beforehand. `events` lists every event counted; Meta keeps one per (event_name, event_id)
 within 48 hours, so `unique()` is what a report would show.
 """
 
@@ -84,6 +85,8 @@ class MetaEmulator(Emulator):
         self.access_token = access_token
         self.events: list[dict[str, Any]] = []
         self.test_event_codes: list[str | None] = []
+        # event_ids this "pixel" refuses (a rule relay cannot see, e.g. a domain not verified)
+        self.poison: set[str] = set()
 
     def fail_with(self, code: int, count: int = 1, message: str | None = None,
                   headers: dict[str, str] | None = None) -> None:
@@ -139,6 +142,8 @@ class MetaEmulator(Emulator):
         where = f"data[{n}]"
         if not isinstance(event, dict):
             raise self.bad(f"{where} must be an object")
+        if event.get("event_id") in self.poison:
+            raise self.bad(f"{where}: event_source_url does not belong to a verified domain", 2804060)
         name = event.get("event_name")
         if not isinstance(name, str) or not name.strip() or len(name) > 50:
             raise self.bad(f"{where}: event_name is required")
