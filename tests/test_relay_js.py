@@ -118,3 +118,7 @@ def test_processor_formats_and_limits(browser, relay_factory, tmp_path: Path):  
         assert parsed.params["checkout[custom][irclickid]"] == "click-f"
         assert parsed.params["embed"] == "1"
         assert browser.execute_script("return Relay.cookieName + ':' + Relay.cookieDays") == "relay_ids:30"
+        page = browser.execute_script("return Relay.metadata({page: true})")
+        assert page["event_source_url"] == f"{site.url}/landing"  # no query string: no ids twice
+        assert page["client_user_agent"] == browser.execute_script("return navigator.userAgent")
+        assert "client_user_agent" not in stripe

@@ -25,8 +25,10 @@ kept (docs/ad-platforms.md):
   JSON number in major units; `currency`, `tax`, `shipping`, `coupon`,
   `customer_type` when known.
 - `items` (required): each with `item_id` (SKU or product id) and/or
-  `item_name`, `price`, `quantity`. When the processor gave no line items (or a
-  line without an id, name or price), one item stands for the whole order:
+  `item_name`, the processor's unit `price`, `quantity`; an order-level
+  discount shows in `value` and `coupon` (GA4 keeps event- and item-level
+  figures apart). When the processor gave no line items (or a line without an
+  id, a name or a price), one item stands for the whole order:
   `{"item_name": "Order", "price": value, "quantity": 1}`.
 
 GA4 answers 2xx even for an invalid hit; `relay check --probe ga4` sends a

@@ -19,7 +19,9 @@
  * never cut (a cut id would be a wrong id).
  *
  * The merchant's checkout endpoint adds what only a server knows:
- * client_user_agent, client_ip_address, event_source_url (README).
+ * client_user_agent, client_ip_address, event_source_url (README); a checkout
+ * opened in the browser (Paddle.js) can take the first and last from the page
+ * with Relay.metadata({page: true}).
  */
 (function (window, document) {
   "use strict";
@@ -116,6 +118,10 @@
     if (sid) out.ga_session_id = sid;
     var pg = pagent(options.pagentLabel);
     if (pg) out.pagent = pg;
+    if (options.page) { // a checkout opened in the browser (Paddle.js): what the server would add
+      out.client_user_agent = window.navigator.userAgent;
+      out.event_source_url = window.location.origin + window.location.pathname;
+    }
     var extra = options.extra || {};
     Object.keys(extra).forEach(function (key) { if (typeof extra[key] === "string") out[key] = extra[key]; });
     var prefix = options.prefix || "", result = {}, count = 0;
