@@ -105,8 +105,10 @@ def _ga4_answer(response: httpx.Response, shown: str, ms: float, out: Any) -> in
         return 1
     if not messages:
         out(f"ga4: {shown} validated a sample purchase: no validation messages ({ms:.0f} ms)")
-        out("ga4: note: Google's validation server does not check the API secret or the "
-            "measurement id; compare them with Admin → Data streams")
+        out(
+            "ga4: note: Google's validation server does not check the API secret or the "
+            "measurement id; compare them with Admin → Data streams"
+        )
         return 0
     for m in messages:
         if isinstance(m, dict):
