@@ -97,7 +97,7 @@ def main() -> None:
                         (f"REJECTED {code} {json.dumps(body)}" for s, code, body in emu.rejected if s is request),
                         "accepted",
                     )
-                    print(f"[{name}] {request.method} {request.path} {verdict}\n    {redact(unquote_plus(request.body.decode(errors="replace")))[:600]}",
+                    print(f"[{name}] {request.method} {request.path} {verdict}\n    {redact(unquote_plus(request.body.decode(errors='replace')))[:600]}",
                           flush=True)
                 seen[name] = len(emu.requests)
     except KeyboardInterrupt:
