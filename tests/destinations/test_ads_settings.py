@@ -62,3 +62,19 @@ def test_new_attribution_keys_are_read_and_renameable():
         assert found[key] == metadata[key]
     renamed = extract(metadata, AttributionSettings(keys={"ga_client_id": "my_ga"}))
     assert renamed["ga_client_id"] == "9.9"
+
+
+def test_launcher_points_relay_at_the_ad_stand_ins():
+    """`python -m tests.emulators --env-only` (the by-hand launcher) prints working settings."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    out = subprocess.run([sys.executable, "-m", "tests.emulators", "--env-only", "--base-port", "9701"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+    exports = dict(line.removeprefix("export ").replace("'", "").split("=", 1)
+                   for line in out.splitlines() if line.startswith("export "))
+    assert exports["RELAY_META__URL"] == "http://127.0.0.1:9707"
+    assert exports["RELAY_GA4__URL"] == "http://127.0.0.1:9708"
+    assert exports["RELAY_GA4__MEASUREMENT_ID"].startswith("G-")
