@@ -10,8 +10,9 @@ Meta's answers are scrubbed of it too. Rules kept (docs/ad-platforms.md):
   `RecurringSubscriptionPayment`, subscription_cancelled → `CancelSubscription`
   (Meta's subscription lifecycle events, linked by `user_data.subscription_id`).
   Refunds are skipped: Meta has no event that takes revenue back.
-- `event_time`: the conversion's time in Unix seconds. A conversion older than
-  7 days is skipped (Meta rejects the whole request when one event is).
+- `event_time`: the conversion's time in Unix seconds (never later than the
+  request). A conversion older than 7 days is skipped (Meta rejects the whole
+  request when one event is).
 - `event_id`: relay.destinations.ids.order_id, the same on every retry and the
   id the merchant gives the pixel (`fbq('track', 'Purchase', {...}, {eventID})`),
   so Meta keeps one of the two.
@@ -272,7 +273,8 @@ class Meta(Destination):
         a = conversion.attribution
         event: dict[str, Any] = {
             "event_name": name,
-            "event_time": int(conversion.occurred_at.timestamp()),
+            # never after the request: a processor clock ahead of ours would sink the batch
+            "event_time": int(min(conversion.occurred_at, now).timestamp()),
             "event_id": order_id(conversion),
             "user_data": data,
         }

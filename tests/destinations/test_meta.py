@@ -201,6 +201,14 @@ def test_exact_money_on_the_wire():
     assert bhd["custom_data"]["contents"][0]["item_price"] == Decimal("4.000")
 
 
+def test_event_time_never_after_the_request(emu):
+    ahead = conversion(occurred_at=datetime.now(UTC) + timedelta(minutes=10))
+    now = datetime.now(UTC)
+    req = meta(emu.url).build(ahead, now)
+    assert events(req)[0]["event_time"] == int(now.timestamp())
+    assert httpx.Client().send(req).status_code == 200
+
+
 def test_skips_say_why():
     m = meta("http://127.0.0.1:1")
     assert "no refund event" in m.build(conversion("refund"), NOW).reason
