@@ -1,4 +1,4 @@
-"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics`.
+"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics`, `GET /relay.js`.
 
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
@@ -144,11 +144,35 @@ def create_app(
             Route("/webhooks/{source}", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/relay.js", browser_script(), methods=["GET", "HEAD"]),
         ],
         lifespan=lifespan,
     )
     app.state.relay = relay
     return app
+
+
+def browser_script() -> Any:
+    """`GET /relay.js`: the browser half of attribution (relay/static/relay.js), read once.
+    Cached for an hour and revalidated by ETag, so a relay upgrade reaches browsers soon."""
+    import hashlib
+    from importlib.resources import files
+
+    body = (files("relay") / "static" / "relay.js").read_bytes()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {
+        "Cache-Control": "public, max-age=3600",
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Resource-Policy": "cross-origin",  # loaded by the merchant's own site
+    }
+
+    async def serve(request: Request) -> Response:
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
+
+    return serve
 
 
 async def read_body(request: Request, limit: int) -> bytes:

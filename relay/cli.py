@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
 
     sub.add_parser("worker", help="the delivery worker alone")
     sub.add_parser("migrate", help="create or upgrade the schema")
-    sub.add_parser("check", help="validate the configuration and print it, secrets masked")
+    p = sub.add_parser("check", help="validate the configuration and print it, secrets masked")
+    p.add_argument("--probe", choices=("ga4", "meta"), help="send a sample to the platform's check")
 
     p = sub.add_parser("deliveries", help="list deliveries")
     p.add_argument("--status", choices=STATUSES)
@@ -188,6 +189,10 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
 
     build_sources(settings)
     build_destinations(settings)
+    if getattr(args, "probe", None):  # relay/probe.py: one sample to GA4's debug endpoint or Meta
+        from relay.probe import run
+
+        sys.exit(run(settings, args.probe))
     print(orjson.dumps(settings.describe(), option=orjson.OPT_INDENT_2).decode())
     if not settings.enabled_sources():
         print(

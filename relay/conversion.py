@@ -33,6 +33,16 @@ ATTRIBUTION_KEYS = (
     "pagent_conversion_id",
     "pagent_visit_id",
     "topmail_campaign_id",
+    # Ad platforms (Meta Conversions API, GA4 Measurement Protocol); relay.js fills them.
+    "fbp",
+    "fbc",
+    "fbclid",
+    "client_user_agent",
+    "client_ip_address",
+    "event_source_url",
+    "ga_client_id",
+    "ga_session_id",
+    "gclid",
 )
 
 

@@ -195,6 +195,30 @@ class WebhookSettings(DestinationSettings):
         return value
 
 
+class MetaSettings(DestinationSettings):
+    """Meta Conversions API (relay/destinations/meta.py). The token is sent in the
+    request body, never in the URL, so no log line or error can carry it."""
+
+    required: ClassVar = ("pixel_id", "access_token")
+    pixel_id: str | None = Field(None, pattern=r"^[0-9]{1,32}$")  # the dataset / pixel id
+    access_token: SecretStr | None = None
+    test_event_code: str | None = Field(None, max_length=64)  # Events Manager → Test events
+    url: str = "https://graph.facebook.com"
+    api_version: str = Field("v25.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,2}$")
+    kinds: CSV = ["purchase", "subscription_started", "subscription_renewed"]
+
+
+class GA4Settings(DestinationSettings):
+    """GA4 Measurement Protocol (relay/destinations/ga4.py). Google takes the API
+    secret only in the query string: relay masks it wherever a URL is shown."""
+
+    required: ClassVar = ("measurement_id", "api_secret")
+    measurement_id: str | None = Field(None, pattern=r"^G-[A-Z0-9]{4,20}$")
+    api_secret: SecretStr | None = None
+    url: str = "https://www.google-analytics.com"
+    kinds: CSV = ["purchase", "subscription_renewed", "refund"]
+
+
 # ---------------------------------------------------------------- process
 
 
@@ -230,7 +254,16 @@ class AttributionSettings(BaseModel):
 
 URL_FIELDS = frozenset({"url", "api_base"})
 SOURCE_FIELDS = ("stripe", "lemonsqueezy", "paddle", "chargebee")
-DESTINATION_FIELDS = ("simmer", "impact", "pagent", "topmail", "converge", "webhook")
+DESTINATION_FIELDS = (
+    "simmer",
+    "impact",
+    "pagent",
+    "topmail",
+    "converge",
+    "webhook",
+    "meta",
+    "ga4",
+)
 
 
 class Settings(BaseSettings):
@@ -260,6 +293,8 @@ class Settings(BaseSettings):
     topmail: TopmailSettings = TopmailSettings()
     converge: ConvergeSettings = ConvergeSettings()
     webhook: WebhookSettings = WebhookSettings()
+    meta: MetaSettings = MetaSettings()
+    ga4: GA4Settings = GA4Settings()
 
     worker: WorkerSettings = WorkerSettings()
     attribution: AttributionSettings = AttributionSettings()

@@ -91,9 +91,13 @@ def classify(response: httpx.Response) -> Outcome:
 EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")
 
 
+# Secrets some APIs take in the query string (GA4's api_secret) or body (Meta's token).
+SECRET_PARAM = re.compile(r"((?:api_secret|access_token)=)[^&\s\"']+")
+
+
 def redact(value: str) -> str:
-    """Blank out anything that looks like an email address."""
-    return EMAIL.sub("[email]", value)
+    """Blank out anything that looks like an email address or a secret URL parameter."""
+    return SECRET_PARAM.sub(r"\1********", EMAIL.sub("[email]", value))
 
 
 def excerpt(response: httpx.Response, limit: int = 300) -> str:
@@ -130,7 +134,9 @@ def iso_utc(moment: datetime) -> str:
 def build_destinations(settings: Any) -> dict[str, Destination]:
     """The enabled destinations, by name."""
     from relay.destinations.converge import Converge
+    from relay.destinations.ga4 import GA4
     from relay.destinations.impact import Impact
+    from relay.destinations.meta import Meta
     from relay.destinations.pagent import Pagent
     from relay.destinations.simmer import Simmer
     from relay.destinations.topmail import Topmail
@@ -143,6 +149,8 @@ def build_destinations(settings: Any) -> dict[str, Destination]:
         "topmail": Topmail,
         "converge": Converge,
         "webhook": Webhook,
+        "meta": Meta,
+        "ga4": GA4,
     }
     return {
         name: cls(getattr(settings, name))

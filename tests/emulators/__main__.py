@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from urllib.parse import unquote_plus
 
+from relay.destinations import redact
 from tests.emulators.converge import ConvergeEmulator
+from tests.emulators.ga4 import GA4Emulator
 from tests.emulators.impact import ImpactEmulator
+from tests.emulators.meta import MetaEmulator
 from tests.emulators.pagent import PagentEmulator
 from tests.emulators.simmer import SimmerEmulator
 from tests.emulators.topmail import TopmailEmulator
@@ -28,6 +32,10 @@ KEYS = {
     "pagent": "pagent-local-key",
     "topmail": "tm_test_local",
     "webhook": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "meta_pixel": "1234567890",
+    "meta_token": "EAAlocaltoken",
+    "ga4_id": "G-LOCAL12345",
+    "ga4_secret": "ga4-local-secret",
 }
 
 
@@ -44,6 +52,8 @@ def main() -> None:
         "topmail": TopmailEmulator(KEYS["topmail"], port=p + 3),
         "converge": ConvergeEmulator(port=p + 4),
         "webhook": WebhookReceiver(KEYS["webhook"], port=p + 5),
+        "meta": MetaEmulator(KEYS["meta_pixel"], KEYS["meta_token"], port=p + 6),
+        "ga4": GA4Emulator(KEYS["ga4_id"], KEYS["ga4_secret"], port=p + 7),
     }
     env = {
         "RELAY_SIMMER__SECRET_KEY": KEYS["simmer"],
@@ -62,6 +72,12 @@ def main() -> None:
         "RELAY_CONVERGE__POSTBACK_URL": emus["converge"].postback_url,
         "RELAY_WEBHOOK__URL": f"{emus['webhook'].url}/hooks/relay",
         "RELAY_WEBHOOK__SECRET": KEYS["webhook"],
+        "RELAY_META__PIXEL_ID": KEYS["meta_pixel"],
+        "RELAY_META__ACCESS_TOKEN": KEYS["meta_token"],
+        "RELAY_META__URL": emus["meta"].url,
+        "RELAY_GA4__MEASUREMENT_ID": KEYS["ga4_id"],
+        "RELAY_GA4__API_SECRET": KEYS["ga4_secret"],
+        "RELAY_GA4__URL": emus["ga4"].url,
     }
     exports = "\n".join(f"export {k}='{v}'" for k, v in env.items())
     if args.env_only:
@@ -81,7 +97,7 @@ def main() -> None:
                         (f"REJECTED {code} {json.dumps(body)}" for s, code, body in emu.rejected if s is request),
                         "accepted",
                     )
-                    print(f"[{name}] {request.method} {request.path} {verdict}\n    {request.body.decode()[:600]}",
+                    print(f"[{name}] {request.method} {request.path} {verdict}\n    {redact(unquote_plus(request.body.decode(errors='replace')))[:600]}",
                           flush=True)
                 seen[name] = len(emu.requests)
     except KeyboardInterrupt:

@@ -38,14 +38,20 @@ class Seen:
     body: bytes
     parsed: Any = None
     at: float = field(default_factory=time.time)
+    query: str = ""  # the raw query string (GA4 takes its secret there)
 
 
 class Rejection(Exception):
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    """`body` is the answer; `reason` (default: the body) is what `rejected` records, for
+    an API that answers a refused request without saying why (GA4's /mp/collect)."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None,
+                 reason: Any = None) -> None:
         super().__init__(str(body))
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.reason = body if reason is None else reason
 
 
 def free_port() -> int:
@@ -121,7 +127,8 @@ class Emulator:
             body = await request.body()
         except ClientDisconnect:  # the relay died mid-request (crash tests)
             return Response(status_code=499)
-        seen = Seen(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()}, body)
+        seen = Seen(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()}, body,
+                    query=request.url.query)
         self.requests.append(seen)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -141,9 +148,13 @@ class Emulator:
         try:
             status, payload = self.handle(seen)
         except Rejection as exc:
-            self.rejected.append((seen, exc.status, exc.body))
+            self.rejected.append((seen, exc.status, exc.reason))
+            if exc.body is None:  # an API that answers without a body (GA4's 204)
+                return Response(status_code=exc.status, headers=exc.headers)
             return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
         self.accepted.append(seen)
+        if payload is None:
+            return Response(status_code=status)
         return JSONResponse(payload, status_code=status)
 
     def rate_limited(self, wait: int) -> Response:
