@@ -95,6 +95,7 @@ def unix_micros(moment: datetime) -> int:
 
 class GA4(Destination):
     name = "ga4"
+    max_age = MAX_AGE - AGE_MARGIN  # relay backfill --destination plans within it
     settings: GA4Settings
 
     def items(self, conversion: Conversion, value: Decimal) -> list[dict[str, Any]]:

@@ -250,6 +250,7 @@ def number(value: Decimal) -> orjson.Fragment:
 
 class Meta(Destination):
     name = "meta"
+    max_age = MAX_AGE - AGE_MARGIN  # relay backfill --destination plans within it
     settings: MetaSettings
     max_batch = MAX_BATCH
 
