@@ -246,6 +246,7 @@ def _not_retryable(delivery_id: int, rows: list[Any], destination: str | None) -
 def retry(settings: Settings, args: argparse.Namespace) -> None:
     if not args.ids and not args.failed and not args.skipped:
         raise ConfigError("give delivery ids, or --failed / --skipped")
+    statuses: tuple[str, ...]
     if args.ids:
         statuses = (FAILED, SKIPPED)
     else:

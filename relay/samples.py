@@ -19,8 +19,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -184,8 +184,12 @@ def _stripe_subscription_object(
 
 
 def _stripe_subscription_created(
-    *, metadata: dict[str, str] | None = None, amount: int = 4900, currency: str = "usd",
-    now: float | None = None, **_: Any,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """A subscription created with a payment method on file: `active` at once."""
     now = _now(now)
@@ -194,8 +198,12 @@ def _stripe_subscription_created(
 
 
 def _stripe_subscription_updated(
-    *, metadata: dict[str, str] | None = None, amount: int = 4900, currency: str = "usd",
-    now: float | None = None, **_: Any,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """The update a Checkout subscription gets when its first payment succeeds:
     `incomplete` → `active` (the start relay counts)."""
@@ -207,22 +215,35 @@ def _stripe_subscription_updated(
 
 
 def _stripe_subscription_deleted(
-    *, metadata: dict[str, str] | None = None, amount: int = 4900, currency: str = "usd",
-    now: float | None = None, **_: Any,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     now = _now(now)
     sub = _stripe_subscription_object("canceled", metadata, amount, currency, now)
     sub.update(
         canceled_at=int(now),
         ended_at=int(now),
-        cancellation_details={"comment": None, "feedback": None, "reason": "cancellation_requested"},
+        cancellation_details={
+            "comment": None,
+            "feedback": None,
+            "reason": "cancellation_requested",
+        },
     )
     return _stripe_envelope("customer.subscription.deleted", sub, now)
 
 
 def _stripe_invoice_paid(
-    *, email: str | None = None, metadata: dict[str, str] | None = None, amount: int = 4900,
-    currency: str = "usd", now: float | None = None, **_: Any,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """A renewal: billing_reason `subscription_cycle`, basil shape (`parent`, `total_taxes`)."""
     now = _now(now)
@@ -306,8 +327,12 @@ def _stripe_invoice_paid(
 
 
 def _stripe_refund_created(
-    *, metadata: dict[str, str] | None = None, amount: int = 4900, currency: str = "usd",
-    now: float | None = None, **_: Any,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     now = _now(now)
     refund = {
@@ -331,8 +356,13 @@ def _stripe_refund_created(
 
 
 def _stripe_charge_refunded(
-    *, email: str | None = None, metadata: dict[str, str] | None = None, amount: int = 4900,
-    currency: str = "usd", now: float | None = None, **_: Any,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "usd",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """As sent since API 2022-11-15: the charge without its `refunds` list, which relay
     cannot turn into a refund without counting one twice (it asks for refund.created)."""
@@ -345,8 +375,14 @@ def _stripe_charge_refunded(
         "amount_refunded": amount,
         "balance_transaction": f"txn_{_hex(24)}",
         "billing_details": {
-            "address": {"city": None, "country": "US", "line1": None, "line2": None,
-                        "postal_code": "94103", "state": None},
+            "address": {
+                "city": None,
+                "country": "US",
+                "line1": None,
+                "line2": None,
+                "postal_code": "94103",
+                "state": None,
+            },
             "email": email or DEFAULT_EMAIL,
             "name": "Sam Buyer",
             "phone": None,
@@ -388,9 +424,7 @@ STRIPE_EVENTS: dict[str, Sample] = {
 }
 
 
-def stripe_event(
-    event_type: str = "checkout.session.completed", **options: Any
-) -> dict[str, Any]:
+def stripe_event(event_type: str = "checkout.session.completed", **options: Any) -> dict[str, Any]:
     """The sample Stripe event of this type (an unknown type: the Checkout sample relabelled)."""
     sample = STRIPE_EVENTS.get(event_type)
     if sample is None:
@@ -438,8 +472,14 @@ def _ls_buyer(email: str | None) -> dict[str, Any]:
 
 
 def _ls_order(
-    event_name: str, *, email: str | None = None, metadata: dict[str, str] | None = None,
-    amount: int = 4900, currency: str = "USD", now: float | None = None, refunded: bool = False,
+    event_name: str,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
+    refunded: bool = False,
 ) -> dict[str, Any]:
     now = _now(now)
     stamp = _iso(now - 3600 if refunded else now)
@@ -475,8 +515,13 @@ def _ls_order(
 
 
 def _ls_subscription(
-    event_name: str, *, email: str | None = None, metadata: dict[str, str] | None = None,
-    now: float | None = None, cancelled: bool = False, **_: Any,
+    event_name: str,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    now: float | None = None,
+    cancelled: bool = False,
+    **_: Any,
 ) -> dict[str, Any]:
     now = _now(now)
     renews = _iso(now + MONTH)
@@ -505,8 +550,14 @@ def _ls_subscription(
 
 
 def _ls_invoice(
-    event_name: str, *, email: str | None = None, metadata: dict[str, str] | None = None,
-    amount: int = 4900, currency: str = "USD", now: float | None = None, refunded: bool = False,
+    event_name: str,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
+    refunded: bool = False,
 ) -> dict[str, Any]:
     """A subscription invoice of a renewal (billing_reason `renewal`)."""
     now = _now(now)
@@ -545,9 +596,7 @@ LEMONSQUEEZY_EVENTS: dict[str, Sample] = {
         lambda **o: _ls_subscription("subscription_cancelled", cancelled=True, **o),
         "subscription_cancelled",
     ),
-    "order_refunded": Sample(
-        lambda **o: _ls_order("order_refunded", refunded=True, **o), "refund"
-    ),
+    "order_refunded": Sample(lambda **o: _ls_order("order_refunded", refunded=True, **o), "refund"),
     "subscription_payment_refunded": Sample(
         lambda **o: _ls_invoice("subscription_payment_refunded", refunded=True, **o), "refund"
     ),
@@ -586,8 +635,13 @@ def _paddle_envelope(event_type: str, data: dict[str, Any], now: float) -> dict[
 
 
 def _paddle_transaction(
-    event_type: str, *, metadata: dict[str, str] | None = None, amount: int = 4900,
-    currency: str = "USD", now: float | None = None, **_: Any,
+    event_type: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     """A checkout transaction (origin `web`); amounts are strings, and there is no email:
     Paddle sends only `customer_id` (relay looks the address up with RELAY_PADDLE__API_KEY)."""
@@ -620,9 +674,7 @@ def _paddle_transaction(
         "billed_at": stamp,
         "created_at": _iso(now - 30),
         "updated_at": stamp,
-        "items": [
-            {"price": {"id": f"pri_{suffix}", "product_id": f"pro_{suffix}"}, "quantity": 1}
-        ],
+        "items": [{"price": {"id": f"pri_{suffix}", "product_id": f"pro_{suffix}"}, "quantity": 1}],
         "details": {
             "totals": totals,
             "line_items": [
@@ -651,8 +703,13 @@ def _paddle_transaction(
 
 
 def _paddle_subscription(
-    event_type: str, *, metadata: dict[str, str] | None = None, amount: int = 4900,
-    currency: str = "USD", now: float | None = None, **_: Any,
+    event_type: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
     now = _now(now)
     suffix = _hex(26)
@@ -700,7 +757,11 @@ def _paddle_subscription(
 
 
 def _paddle_adjustment(
-    event_type: str, *, amount: int = 4900, currency: str = "USD", now: float | None = None,
+    event_type: str,
+    *,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """A full refund: created `pending_approval` (Paddle reviews refunds), updated
@@ -838,8 +899,13 @@ def _cb_subscription(
 
 
 def _cb_invoice(
-    customer: dict[str, Any], sub: dict[str, Any], amount: int, currency: str, now: int,
-    *, paid: bool = True,
+    customer: dict[str, Any],
+    sub: dict[str, Any],
+    amount: int,
+    currency: str,
+    now: int,
+    *,
+    paid: bool = True,
 ) -> dict[str, Any]:
     return {
         "id": _seq(),
@@ -895,8 +961,13 @@ def _cb_event(event_type: str, content: dict[str, Any], now: int) -> dict[str, A
 
 
 def _chargebee(
-    event_type: str, *, email: str | None = None, metadata: dict[str, str] | None = None,
-    amount: int = 4900, currency: str = "USD", now: float | None = None,
+    event_type: str,
+    *,
+    email: str | None = None,
+    metadata: dict[str, str] | None = None,
+    amount: int = 4900,
+    currency: str = "USD",
+    now: float | None = None,
 ) -> dict[str, Any]:
     moment = int(_now(now))
     customer = _cb_customer(email, metadata, moment)
@@ -925,8 +996,12 @@ def _chargebee(
             "object": "credit_note",
         }
         txn["linked_credit_notes"] = [
-            {"cn_id": credit_note["id"], "applied_amount": amount, "cn_status": "refunded",
-             "cn_reference_invoice_id": invoice["id"]}
+            {
+                "cn_id": credit_note["id"],
+                "applied_amount": amount,
+                "cn_status": "refunded",
+                "cn_reference_invoice_id": invoice["id"],
+            }
         ]
         content.update(transaction=txn, invoice=invoice, credit_note=credit_note)
     elif event_type == "subscription_cancelled":
@@ -1010,8 +1085,7 @@ def sample_for(source: str, event: str | None) -> tuple[str, Sample]:
     sample = events.get(event)
     if sample is None:
         raise ValueError(
-            f"relay simulate has no {source} sample for event {event!r}; "
-            f"known: {', '.join(events)}"
+            f"relay simulate has no {source} sample for event {event!r}; known: {', '.join(events)}"
         )
     return event, sample
 

@@ -464,7 +464,9 @@ def _is_mapping(annotation: Any) -> bool:
     )
 
 
-def setting_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+def setting_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], str]:
     """Every path that can be set: ("simmer",) → "section", ("simmer", "url") → "leaf",
     ("attribution", "keys") → "mapping" (any key below it is the mapping's business)."""
     out: dict[tuple[str, ...], str] = {}
@@ -553,8 +555,7 @@ class _Report:
             elif section is not None:
                 self.add(
                     parts,
-                    f"{raw}: no such setting; the {section} settings are "
-                    + ", ".join(names),
+                    f"{raw}: no such setting; the {section} settings are " + ", ".join(names),
                 )
             else:
                 harmless.append(raw)
@@ -582,7 +583,9 @@ class _Report:
         self._unknown_keys(self.toml, Settings, ())
         return True
 
-    def _unknown_keys(self, data: dict[str, Any], model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+    def _unknown_keys(
+        self, data: dict[str, Any], model: type[BaseModel], prefix: tuple[str, ...]
+    ) -> None:
         fields = model.model_fields
         for key, value in data.items():
             loc = (*prefix, key)
@@ -652,21 +655,24 @@ def _missing(
         return
     for field in section.required:
         if field not in given:
-            yield (name, field), (
-                f"{env_name(name, field)} is required when {where(name, given[0])} is set"
+            yield (
+                (name, field),
+                (f"{env_name(name, field)} is required when {where(name, given[0])} is set"),
             )
 
 
-def _value_rules(loc: tuple[str, ...], value: Any, where: Any) -> Iterator[tuple[tuple[str, ...], str]]:
+def _value_rules(
+    loc: tuple[str, ...], value: Any, where: Any
+) -> Iterator[tuple[tuple[str, ...], str]]:
     key = loc[-1]
     secret = isinstance(value, SecretStr)
     raw = value.get_secret_value() if secret else value
     if raw in (None, "", []):
         return
     if any(PLACEHOLDER.search(text) for text in _texts(value)):
-        yield loc, (
-            f"{where(*loc)} still holds placeholder text (…, ... or <…>): "
-            "paste the real value"
+        yield (
+            loc,
+            (f"{where(*loc)} still holds placeholder text (…, ... or <…>): paste the real value"),
         )
         return
     if is_url_field(key) and isinstance(raw, str):
@@ -678,9 +684,12 @@ def _value_rules(loc: tuple[str, ...], value: Any, where: Any) -> Iterator[tuple
             yield loc, f"{where(*loc)}: a port number is 1 to 65535, got {raw}"
     minimum = MIN_SECRET_LENGTH.get(loc)
     if minimum and isinstance(raw, str) and len(raw) < minimum:
-        yield loc, (
-            f"{where(*loc)} must be at least {minimum} characters long, it alone guards the "
-            "webhook (make one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        yield (
+            loc,
+            (
+                f"{where(*loc)} must be at least {minimum} characters long, it alone guards the "
+                "webhook (make one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            ),
         )
 
 
@@ -723,10 +732,7 @@ def url_problem(url: str, show_scheme: bool = True) -> str | None:
         got = f" (got {scheme + '://' if scheme else 'no scheme'})" if show_scheme else ""
         return f"must be an https:// URL{got}"
     if scheme == "http" and not is_loopback(host):
-        return (
-            "must be https:// (plain http:// is accepted only for 127.0.0.1, ::1 "
-            "or localhost)"
-        )
+        return "must be https:// (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"
     if port == 0:
         return "port must be 1 to 65535"
     return None
@@ -738,9 +744,12 @@ def _database_url_problems(settings: Settings) -> Iterator[tuple[tuple[str, ...]
     if not settings.database_url and "DATABASE_URL" not in os.environ:
         return  # the default
     if not url.startswith(("sqlite://", "postgresql://")):
-        yield ("database_url",), (
-            f"{name} must start with sqlite:/// or postgresql:// "
-            f"(got scheme {url.split(':', 1)[0][:20]!r})"
+        yield (
+            ("database_url",),
+            (
+                f"{name} must start with sqlite:/// or postgresql:// "
+                f"(got scheme {url.split(':', 1)[0][:20]!r})"
+            ),
         )
         return
     if PLACEHOLDER.search(url):
@@ -778,7 +787,7 @@ class _Without(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = copy.deepcopy(self.source())
         for loc in _DROP.get():
-            node = data
+            node: Any = data
             for part in loc[:-1]:
                 node = node.get(part) if isinstance(node, dict) else None
             if isinstance(node, dict):
@@ -786,7 +795,9 @@ class _Without(PydanticBaseSettingsSource):
         return data
 
 
-_DROP: ContextVar[frozenset[tuple[str, ...]]] = ContextVar("relay_settings_drop", default=frozenset())
+_DROP: ContextVar[frozenset[tuple[str, ...]]] = ContextVar(
+    "relay_settings_drop", default=frozenset()
+)
 
 
 class _Lenient(Settings):
