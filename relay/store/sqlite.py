@@ -729,6 +729,8 @@ def path_problem(path: str) -> str | None:
                 return f"{parent} does not exist and {above} is not writable by this user"
             return None  # it would be created; the error was something else
     directory = target.parent
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return f"{directory} is on a read-only file system"
     if target.exists():
         if not os.access(target, os.R_OK | os.W_OK):
             return f"{target} is not readable and writable by this user"
