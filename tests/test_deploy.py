@@ -46,6 +46,10 @@ def test_dockerfile() -> None:
     assert text.index("COPY requirements/relay.txt") < lock < text.index("COPY relay ./relay")
     assert "pip install --no-deps --no-build-isolation ." in text
     assert "\nUSER relay\n" in text
+    # SQLite on the volume by default, and nothing that would shadow the DATABASE_URL
+    # that compose, k8s and Fly set (RELAY_DATABASE_URL takes precedence over it).
+    assert "RELAY_DATABASE_URL" not in re.sub(r"#.*", "", text)
+    assert text.rindex("WORKDIR /data") > text.index("USER relay") and 'VOLUME ["/data"]' in text
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert text.rstrip().endswith('CMD ["relay", "serve"]')
 
@@ -210,7 +214,9 @@ def test_relay_runs_on_a_read_only_root_with_only_tmp_writable(
         pytest.skip("needs root and unshare(1) to make a read-only mount namespace")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DATABASE_URL"))}
     env.update(core_env(tmp_path / "unused.db", simmer.url, impact.url))
-    env.update(RELAY_DATABASE_URL=pg_url, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO))
+    env.pop("RELAY_DATABASE_URL")
+    # As the k8s Secret gives it, and as the image sets the rest.
+    env.update(DATABASE_URL=pg_url, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO))
     port = free_port()
     script = ("mount -o remount,bind,ro / && mount -t tmpfs -o size=64m tmpfs /tmp "
               '&& ! touch /relay-write-probe 2>/dev/null && exec "$@"')

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from relay.errors import ConfigError
@@ -266,7 +268,8 @@ def test_relay_check_process_reports_and_refuses(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "PORT"}
-    env.update(PORT="99999", RELAY_SIMMER__URL="ftp://x", RELAY_SIMER__SECRET_KEY="k")
+    env.update(PORT="99999", RELAY_SIMMER__URL="ftp://x", RELAY_SIMER__SECRET_KEY="k",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     done = subprocess.run(
         [sys.executable, "-m", "relay", "check"], env=env, cwd=tmp_path,
         capture_output=True, text=True, timeout=60,
