@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("serve", help="web app with the delivery worker (default deploy)")
     p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=_port)
     p.add_argument("--no-worker", action="store_true", help="do not run the delivery worker here")
 
     sub.add_parser("worker", help="the delivery worker alone")
@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, StoreError, CommandFailed) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _port(text: str) -> int:
+    """A listen port for --port: 1-65535 (uvicorn would take 99999 as 99999 - 65536)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:

@@ -28,6 +28,13 @@ def test_version():
     assert done.returncode == 0 and done.stdout.strip() == f"relay {relay.__version__}"
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_refuses_a_port_out_of_range(tmp_path, port):
+    done = run("serve", "--port", port, cwd=tmp_path)
+    assert done.returncode == 2 and "argument --port" in done.stderr
+    assert not (tmp_path / "relay.db").exists()  # refused before anything was opened
+
+
 def test_retry_and_deliveries_say_why_nothing_happened(relay, simmer, impact):
     relay.post_stripe(checkout_event(metadata={"irclickid": "c"}))
     wait_until(lambda: simmer.accepted and impact.accepted, message="delivered")
