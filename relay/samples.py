@@ -399,7 +399,9 @@ def _stripe_charge_refunded(
         "refunded": True,
         "status": "succeeded",
     }
-    return _stripe_envelope("charge.refunded", charge, now, previous={"amount_refunded": 0})
+    return _stripe_envelope(
+        "charge.refunded", charge, now, previous={"amount_refunded": 0, "refunded": False}
+    )
 
 
 STRIPE_EVENTS: dict[str, Sample] = {
