@@ -14,19 +14,34 @@ from typing import Any
 
 import orjson
 
-from relay import logs
+from relay import __version__, logs
 from relay.errors import ConfigError, StoreError
-from relay.settings import Settings, load_settings
-from relay.store import EVENT_STATUSES, FAILED, IGNORED, QUARANTINED, SKIPPED, STATUSES, open_store
+from relay.settings import Settings, load_settings, settings_warnings
+from relay.store import (
+    DELIVERED,
+    EVENT_STATUSES,
+    FAILED,
+    IGNORED,
+    PENDING,
+    QUARANTINED,
+    SKIPPED,
+    STATUSES,
+    open_store,
+)
+
+
+class CommandFailed(Exception):
+    """The command could not do what was asked; the message says why (exit status 1)."""
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="web app with the delivery worker (default deploy)")
     p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=_port)
     p.add_argument("--no-worker", action="store_true", help="do not run the delivery worker here")
 
     sub.add_parser("worker", help="the delivery worker alone")
@@ -51,11 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--destination")
 
-    p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
-    p.add_argument("source")
-    p.add_argument("--event")
+    from relay.samples import DEFAULT_EMAIL, EVENTS, events_help
+
+    p = sub.add_parser(
+        "simulate",
+        help="post a signed sample webhook to a running relay",
+        description="Sign a realistic test-mode sample webhook with the configured secret "
+        "and post it to a running relay.",
+        epilog=events_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", choices=list(EVENTS))
+    p.add_argument("--event", help="the event to sample (listed below; default: the first)")
     p.add_argument("--url", help="the relay's base URL (default http://127.0.0.1:$PORT)")
-    p.add_argument("--email", default="buyer@example.com")
+    p.add_argument("--email", help=f"the buyer's email (default {DEFAULT_EMAIL}; not for Paddle)")
     p.add_argument("--anonymous-id")
     p.add_argument("--click-id")
     p.add_argument(
@@ -95,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("source", nargs="?", help="a processor to read missed events from")
     p.add_argument("--destination", help="plan deliveries to this destination")
-    p.add_argument(
-        "--since", help="recorded since: ISO 8601 or 48h / 7d (default: D's own window)"
-    )
+    p.add_argument("--since", help="recorded since: ISO 8601 or 48h / 7d (default: D's own window)")
     p.add_argument("--until", help="recorded before this time")
     p.add_argument(
         "--dry-run", action="store_true", help="plan nothing; print the count and a sample"
@@ -119,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    for warning in settings_warnings():
+        print(f"relay: warning: {warning}", file=sys.stderr)
     logs.setup(settings.log_level)
     # The event loop hands each commit's fsync to a thread; that thread must get the GIL
     # back quickly when the fsync ends, or every batch waits the default 5 ms switch
@@ -126,9 +150,20 @@ def main(argv: list[str] | None = None) -> None:
     sys.setswitchinterval(0.0005)
     try:
         COMMANDS[args.command](settings, args)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, CommandFailed) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _port(text: str) -> int:
+    """A listen port for --port: 1-65535 (uvicorn would take 99999 as 99999 - 65536)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -136,6 +171,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from relay.app import create_app
 
+    if settings.store_url.startswith("sqlite:"):
+        # A bad path would otherwise surface as a traceback from the server's startup.
+        from relay.store.sqlite import SQLiteStore, path_problem
+
+        path = SQLiteStore(settings.store_url).path
+        why = path_problem(path)
+        if why:
+            raise StoreError(f"cannot open SQLite database {path!r}: {why}")
     app = create_app(settings, run_worker=not args.no_worker)
     uvicorn.run(
         app,
@@ -213,6 +256,8 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
 
     rows, attempts = asyncio.run(run())
+    if args.id is not None and not rows:
+        raise CommandFailed(f"no delivery {args.id} (`relay deliveries` lists them)")
     if args.json:
         for row in rows:
             item = {k: getattr(row, k) for k in row.__dataclass_fields__}
@@ -223,7 +268,7 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
             print(orjson.dumps(item).decode())
         return
     if not rows:
-        print("no such delivery" if args.id is not None else "no deliveries")
+        print("no deliveries")
         return
     print(
         f"{'ID':>6}  {'DESTINATION':<10} {'STATUS':<9} {'TRIES':>5}  {'NEXT/UPDATED':<20} "
@@ -251,24 +296,64 @@ def _stamp(when: float | None) -> str:
     return datetime.fromtimestamp(when or 0, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _not_retryable(delivery_id: int, rows: list[Any], destination: str | None) -> str | None:
+    """Why `relay retry <id>` leaves this delivery alone, or None when it can requeue it."""
+    if not rows:
+        return f"no delivery {delivery_id} (`relay deliveries` lists them)"
+    row = rows[0]
+    if destination and row.destination != destination:
+        return f"delivery {delivery_id} is for {row.destination}, not {destination}"
+    if row.status == DELIVERED:
+        return (
+            f"delivery {delivery_id} is delivered already; to send it again on purpose, "
+            f"use `relay resend {delivery_id}`"
+        )
+    if row.status == PENDING:
+        return (
+            f"delivery {delivery_id} is pending already: the worker sends it "
+            f"(next attempt {_stamp(row.next_attempt_at)} UTC)"
+        )
+    if row.status not in (FAILED, SKIPPED):
+        return f"delivery {delivery_id} is {row.status}; only failed or skipped ones are retried"
+    return None
+
+
 def retry(settings: Settings, args: argparse.Namespace) -> None:
     if not args.ids and not args.failed and not args.skipped:
         raise ConfigError("give delivery ids, or --failed / --skipped")
+    statuses: tuple[str, ...]
     if args.ids:
         statuses = (FAILED, SKIPPED)
     else:
         statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
-    async def run() -> int:
+    async def run() -> tuple[int, list[str]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await store.requeue(args.ids, args.destination, time.time(), statuses)
+            refused: list[str] = []
+            ids: list[int] = []
+            for delivery_id in dict.fromkeys(args.ids):
+                rows = await store.deliveries(delivery_id=delivery_id)
+                why = _not_retryable(delivery_id, rows, args.destination)
+                if why:
+                    refused.append(why)
+                else:
+                    ids.append(delivery_id)
+            if args.ids and not ids:
+                return 0, refused  # requeue(()) would mean every one of them
+            count = await store.requeue(ids, args.destination, time.time(), statuses)
+            return count, refused
         finally:
             await store.close()
 
-    count = asyncio.run(run())
-    print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    count, refused = asyncio.run(run())
+    if count or not refused:
+        print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    for why in refused:
+        print(f"relay: {why}", file=sys.stderr)
+    if refused:
+        sys.exit(1)
 
 
 def simulate(settings: Settings, args: argparse.Namespace) -> None:
@@ -288,10 +373,17 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    base = args.url or f"http://127.0.0.1:{settings.listen_port}"
-    url = f"{base.rstrip('/')}/webhooks/{args.source}"
+    base = (args.url or f"http://127.0.0.1:{settings.listen_port}").rstrip("/")
+    url = f"{base}/webhooks/{args.source}"
     with contextlib.suppress(KeyboardInterrupt):
-        response = httpx.post(url, content=body, headers=headers, timeout=30)
+        try:
+            response = httpx.post(url, content=body, headers=headers, timeout=30)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise CommandFailed(f"nothing answers at {base} — is relay serve running?") from None
+        except httpx.TimeoutException:
+            raise CommandFailed(f"{url} did not answer within 30 s") from None
+        except httpx.HTTPError as exc:
+            raise CommandFailed(f"cannot post to {url}: {exc}") from None
         print(f"{response.status_code} {response.text}")
         if response.status_code >= 400:
             sys.exit(1)

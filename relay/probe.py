@@ -72,9 +72,10 @@ def run(settings: Settings, platform: str, out: Any = print) -> int:
                 "--probe meta sends a test event: set RELAY_META__TEST_EVENT_CODE "
                 "(Events Manager → Test events) so it is not counted as a sale"
             )
-        dest = Meta(section)
-        request = dest.build(sample(now), now)
-        assert not isinstance(request, Skip), request
+        meta = Meta(section)
+        built = meta.build(sample(now), now)
+        assert not isinstance(built, Skip), built
+        request = built
     shown = mask_url(str(request.url))
     started = time.monotonic()
     try:
@@ -86,7 +87,7 @@ def run(settings: Settings, platform: str, out: Any = print) -> int:
     ms = (time.monotonic() - started) * 1000
     if platform == "ga4":
         return _ga4_answer(response, shown, ms, out)
-    outcome = dest.classify(response)
+    outcome = meta.classify(response)
     if outcome.kind == DELIVERED:
         out(f"meta: {shown} accepted the test event ({ms:.0f} ms): {outcome.detail}")
         out(f"meta: look for it under Test events with code {section.test_event_code}")

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
+import difflib
+import ipaddress
 import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -330,9 +337,12 @@ class Settings(BaseSettings):
         raw = os.environ.get("PORT")
         if raw:
             try:
-                return int(raw)
+                port = int(raw)
             except ValueError:
                 raise ConfigError(f"PORT must be a number, got {raw[:20]!r}") from None
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"PORT must be a port number from 1 to 65535, got {port}")
+            return port
         return 8000
 
     def enabled_sources(self) -> list[str]:
@@ -342,22 +352,11 @@ class Settings(BaseSettings):
         return [name for name in DESTINATION_FIELDS if getattr(self, name).enabled]
 
     def check(self) -> None:
-        """Cross-field rules: a half-configured source or destination is an error."""
-        for name in (*SOURCE_FIELDS, *DESTINATION_FIELDS):
-            section: _Section = getattr(self, name)
-            missing = section.missing()
-            if missing:
-                have = [f for f in section.required if f not in missing]
-                raise ConfigError(
-                    f"{env_name(name, missing[0])} is required when "
-                    f"{env_name(name, have[0])} is set"
-                )
-        if not self.store_url.startswith(("sqlite://", "postgresql://")):
-            raise ConfigError(
-                "RELAY_DATABASE_URL must start with sqlite:/// or postgresql:// "
-                f"(got scheme {self.store_url.split(':', 1)[0]!r})"
-            )
-        self.listen_port  # noqa: B018 - validates PORT
+        """Cross-field and value rules (half-configured sections, URLs, ports, placeholder
+        text, the database URL): every problem at once, in one ConfigError."""
+        found = [text for _, text in value_problems(self)]
+        if found:
+            raise ConfigError(_summary(found))
 
     def describe(self) -> dict[str, Any]:
         """Everything `relay check` prints, secrets masked."""
@@ -395,19 +394,44 @@ def config_file() -> Path | None:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Load and validate; any problem becomes a ConfigError naming the variable."""
+    """Load and validate; every problem becomes one line of a single ConfigError.
+
+    The lines name the variable (or relay.toml key) to fix: unknown RELAY_* variables
+    and relay.toml keys that look like typos of a real setting, a TOML syntax error
+    with its line, values the models refuse, every missing setting of every
+    half-configured section, and the value rules of `value_problems`.
+    """
+    report = _Report(os.environ)
+    report.unknown_variables()
     try:
-        settings = Settings(**overrides)
+        path = config_file()
+    except ConfigError as exc:
+        report.add(("config_file",), str(exc))
+        report.raise_if_any()
+        raise  # unreachable: raise_if_any raised
+    if path is not None and not report.read_toml(path):
+        report.raise_if_any()
+    invalid: set[tuple[str, ...]] = set()
+    try:
+        settings: Settings | None = Settings(**overrides)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [p for p in err["loc"] if not isinstance(p, int)] or ["?"]
-        msg = err["msg"]
-        raise ConfigError(f"{env_name(*loc)}: {msg}") from None
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if isinstance(p, str)) or ("?",)
+            invalid.add(_field_loc(loc))
+            if err["type"] == "extra_forbidden" and loc in report.locs:
+                continue  # already named as a likely typo, with a suggestion
+            msg = err["msg"].removeprefix("Value error, ")
+            report.add(loc, f"{report.where(*loc)}: {msg}")
+        settings = _without(invalid, overrides)
     except ConfigError:
         raise
-    except Exception as exc:  # TOML syntax errors and the like
+    except Exception as exc:  # a source that cannot be read
         raise ConfigError(f"cannot load configuration: {exc}") from None
-    settings.check()
+    if settings is not None:
+        for loc, text in value_problems(settings, invalid, report.where):
+            report.add(loc, text)
+    report.raise_if_any()
+    assert settings is not None  # noqa: S101 - no problem means the first pass validated
     return settings
 
 
@@ -437,3 +461,405 @@ def mask_url(url: str) -> str:
         if pair
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ---------------------------------------------------------------- validation
+#
+# Every rule below is derived from the models (field names, types, `required`), so a
+# setting added later is covered without being listed here.
+
+# RELAY_* variables that are not settings: relay reads the first; the test suite the
+# others (and any RELAY_TEST_*). They are never reported as unknown.
+OTHER_VARIABLES = frozenset({"RELAY_CONFIG_FILE", "RELAY_SHARED_DIR"})
+OTHER_PREFIXES = ("RELAY_TEST_",)
+# Text left from a template: "simmer_sk_…", "<your key>", "proj_...".
+PLACEHOLDER = re.compile(r"…|\.\.\.|<[^<>]*>")
+# Secrets a client can guess against relay itself (nothing signs the body): minimum length.
+MIN_SECRET_LENGTH: dict[tuple[str, ...], int] = {("chargebee", "password"): 16}
+# How close an unknown name must be to a setting to be called a typo of it (difflib ratio).
+TYPO_CUTOFF = 0.8
+
+
+def is_url_field(name: str) -> bool:
+    """Settings holding a destination or API URL (https only, http for loopback)."""
+    return name in ("url", "api_base") or name.endswith(("_url", "_api_base"))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return any(
+        candidate is dict or get_origin(candidate) is dict
+        for candidate in (annotation, *get_args(annotation))
+    )
+
+
+def setting_paths(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], str]:
+    """Every path that can be set: ("simmer",) → "section", ("simmer", "url") → "leaf",
+    ("attribution", "keys") → "mapping" (any key below it is the mapping's business)."""
+    out: dict[tuple[str, ...], str] = {}
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        sub = _model_of(field.annotation)
+        if sub is not None:
+            out[path] = "section"
+            out.update(setting_paths(sub, path))
+        else:
+            out[path] = "mapping" if _is_mapping(field.annotation) else "leaf"
+    return out
+
+
+def _field_loc(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """The setting a validation error is about: its section and field, at most."""
+    return loc[:2] if len(loc) >= 2 and loc[0] in Settings.model_fields else loc[:1]
+
+
+def _summary(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+
+
+class _Report:
+    """The problems found so far, each with the setting (loc) it is about."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.env_names = {name.upper() for name in environ}
+        self.problems: list[str] = []
+        self.locs: set[tuple[str, ...]] = set()
+        self.toml_path: Path | None = None
+        self.toml: dict[str, Any] = {}
+
+    def add(self, loc: tuple[str, ...], text: str) -> None:
+        self.locs.add(loc)
+        self.problems.append(text)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(_summary(self.problems))
+
+    def where(self, *loc: str) -> str:
+        """The variable to fix, or the relay.toml key when the value came from the file."""
+        name = env_name(*loc)
+        if self.toml_path is None or name in self.env_names:
+            return name
+        node: Any = self.toml
+        for part in loc:
+            if not isinstance(node, dict) or part not in node:
+                return name
+            node = node[part]
+        key = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0]
+        return f"{self.toml_path} {key}"
+
+    def unknown_variables(self) -> list[str]:
+        """Report RELAY_* variables that are no setting; return the harmless ones.
+
+        A name in a known section (RELAY_SIMMER__SECRETKEY) or close to a setting
+        (RELAY_SIMER__SECRET_KEY) is a typo that would silently leave something off:
+        a problem. A name like no setting at all is probably another program's:
+        returned, for a warning."""
+        paths = setting_paths(Settings)
+        leaves = {env_name(*p): p for p, kind in paths.items() if kind != "section"}
+        harmless: list[str] = []
+        for raw in sorted(self.environ):
+            name = raw.upper()
+            if not name.startswith("RELAY_") or name in OTHER_VARIABLES:
+                continue
+            if name.startswith(OTHER_PREFIXES):
+                continue
+            parts = tuple(name[len("RELAY_") :].lower().split("__"))
+            if parts in paths or any(
+                paths.get(parts[:i]) == "mapping" for i in range(1, len(parts))
+            ):
+                continue
+            section = parts[0] if paths.get(parts[:1]) == "section" else None
+            names = [n for n, p in leaves.items() if section is None or p[0] == section]
+            match = difflib.get_close_matches(
+                name[len("RELAY_") :], [n[len("RELAY_") :] for n in names], 1, TYPO_CUTOFF
+            )
+            if match:
+                self.add(parts, f"{raw}: no such setting; did you mean RELAY_{match[0]}?")
+            elif section is not None:
+                self.add(
+                    parts,
+                    f"{raw}: no such setting; the {section} settings are " + ", ".join(names),
+                )
+            else:
+                harmless.append(raw)
+        return harmless
+
+    def read_toml(self, path: Path) -> bool:
+        """Parse the file, reporting a syntax error with its line and every unknown
+        section or key; False when it cannot be read at all."""
+        try:
+            self.toml = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            self.add(("config_file",), f"{path}: cannot be read ({exc.strerror})")
+            return False
+        except UnicodeDecodeError:
+            self.add(("config_file",), f"{path}: is not UTF-8 text")
+            return False
+        except tomllib.TOMLDecodeError as exc:
+            text = str(exc)
+            at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", text)
+            if at:
+                text = f"line {at[1]}, column {at[2]}: {text[: at.start()]}"
+            self.add(("config_file",), f"{path}: TOML syntax error, {text}")
+            return False
+        self.toml_path = path
+        self._unknown_keys(self.toml, Settings, ())
+        return True
+
+    def _unknown_keys(
+        self, data: dict[str, Any], model: type[BaseModel], prefix: tuple[str, ...]
+    ) -> None:
+        fields = model.model_fields
+        for key, value in data.items():
+            loc = (*prefix, key)
+            field = fields.get(key)
+            if field is not None:
+                sub = _model_of(field.annotation)
+                if sub is not None and isinstance(value, dict):
+                    self._unknown_keys(value, sub, loc)
+                continue
+            table = not prefix and isinstance(value, dict)
+            match = difflib.get_close_matches(key, list(fields), 1, TYPO_CUTOFF)
+            if table:
+                what, hint = f"[{key}]", match and f"[{match[0]}]"
+                text = f"{self.toml_path}: {what}: no such section"
+            else:
+                where = f"[{'.'.join(prefix)}] {key}" if prefix else key
+                hint = match and match[0]
+                text = f"{self.toml_path}: {where}: no such setting"
+            if hint:
+                text += f"; did you mean {hint}?"
+            elif prefix:
+                text += f"; the [{'.'.join(prefix)}] settings are " + ", ".join(fields)
+            self.add(loc, text)
+
+
+def settings_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """RELAY_* variables relay ignores because they resemble no setting (likely another
+    program's): one line each, for the command line to print as warnings."""
+    harmless = _Report(os.environ if environ is None else environ).unknown_variables()
+    return [f"{name} is not a relay setting; ignored" for name in harmless]
+
+
+def value_problems(
+    settings: Settings,
+    invalid: set[tuple[str, ...]] | frozenset[tuple[str, ...]] = frozenset(),
+    where: Any = env_name,
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(loc, problem) for every rule a validated Settings breaks; `invalid` settings were
+    already reported (their values are not looked at, but they count as set)."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, _Section):
+            yield from _missing(name, value, invalid, where)
+        if isinstance(value, BaseModel):
+            for key, item in value:
+                if (name, key) not in invalid:
+                    yield from _value_rules((name, key), item, where)
+        elif (name,) not in invalid and name != "database_url":
+            yield from _value_rules((name,), value, where)
+    if ("database_url",) not in invalid:
+        yield from _database_url_problems(settings)
+    try:
+        settings.listen_port  # noqa: B018 - validates PORT
+    except ConfigError as exc:
+        yield ("port",), str(exc)
+
+
+def _missing(
+    name: str,
+    section: _Section,
+    invalid: set[tuple[str, ...]] | frozenset[tuple[str, ...]],
+    where: Any = env_name,
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Every required setting a half-configured section lacks."""
+    given = [f for f in section.required if _is_set(getattr(section, f)) or (name, f) in invalid]
+    if not given:
+        return
+    for field in section.required:
+        if field not in given:
+            yield (
+                (name, field),
+                (f"{env_name(name, field)} is required when {where(name, given[0])} is set"),
+            )
+
+
+def _value_rules(
+    loc: tuple[str, ...], value: Any, where: Any
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    key = loc[-1]
+    secret = isinstance(value, SecretStr)
+    raw = value.get_secret_value() if secret else value
+    if raw in (None, "", []):
+        return
+    if any(PLACEHOLDER.search(text) for text in _texts(value)):
+        yield (
+            loc,
+            (f"{where(*loc)} still holds placeholder text (…, ... or <…>): paste the real value"),
+        )
+        return
+    if is_url_field(key) and isinstance(raw, str):
+        problem = url_problem(raw, show_scheme=not secret)
+        if problem:
+            yield loc, f"{where(*loc)}: {problem}"
+    if (key == "port" or key.endswith("_port")) and isinstance(raw, int):
+        if not 1 <= raw <= 65535:
+            yield loc, f"{where(*loc)}: a port number is 1 to 65535, got {raw}"
+    minimum = MIN_SECRET_LENGTH.get(loc)
+    if minimum and isinstance(raw, str) and len(raw) < minimum:
+        yield (
+            loc,
+            (
+                f"{where(*loc)} must be at least {minimum} characters long, it alone guards the "
+                "webhook (make one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            ),
+        )
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(url: str, show_scheme: bool = True) -> str | None:
+    """Why `url` is not a destination or API URL relay may use, or None.
+
+    https:// with a host; plain http:// only to a loopback host (127.0.0.0/8, ::1,
+    localhost), where nothing crosses a network. `show_scheme` is False for a URL that
+    is itself a secret (Converge's postback URL): nothing of it is echoed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a URL with a valid port (1-65535)"
+    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        got = f" (got {scheme + '://' if scheme else 'no scheme'})" if show_scheme else ""
+        return f"must be an https:// URL{got}"
+    if scheme == "http" and not is_loopback(host):
+        return "must be https:// (plain http:// is accepted only for 127.0.0.1, ::1 or localhost)"
+    if port == 0:
+        return "port must be 1 to 65535"
+    return None
+
+
+def _database_url_problems(settings: Settings) -> Iterator[tuple[tuple[str, ...], str]]:
+    url = settings.store_url
+    name = "RELAY_DATABASE_URL" if settings.database_url else "DATABASE_URL"
+    if not settings.database_url and "DATABASE_URL" not in os.environ:
+        return  # the default
+    if not url.startswith(("sqlite://", "postgresql://")):
+        yield (
+            ("database_url",),
+            (
+                f"{name} must start with sqlite:/// or postgresql:// "
+                f"(got scheme {url.split(':', 1)[0][:20]!r})"
+            ),
+        )
+        return
+    if PLACEHOLDER.search(url):
+        yield ("database_url",), f"{name} still holds placeholder text (…, ... or <…>)"
+        return
+    if url.startswith("postgresql://"):
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = 0
+        if port == 0:
+            yield ("database_url",), f"{name}: the port must be a number from 1 to 65535"
+
+
+class _Without(PydanticBaseSettingsSource):
+    """A settings source with some settings taken out (see _without)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self.source = source
+
+    def _set_current_state(self, state: dict[str, Any]) -> None:
+        super()._set_current_state(state)
+        self.source._set_current_state(state)
+
+    def _set_settings_sources_data(self, states: dict[str, dict[str, Any]]) -> None:
+        super()._set_settings_sources_data(states)
+        self.source._set_settings_sources_data(states)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = copy.deepcopy(self.source())
+        for loc in _DROP.get():
+            node: Any = data
+            for part in loc[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(loc[-1], None)
+        return data
+
+
+_DROP: ContextVar[frozenset[tuple[str, ...]]] = ContextVar(
+    "relay_settings_drop", default=frozenset()
+)
+
+
+class _Lenient(Settings):
+    """Settings read with the invalid ones left out, to find the remaining problems."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = Settings.settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
+        return tuple(_Without(settings_cls, source) for source in sources)
+
+
+def _without(drop: set[tuple[str, ...]], overrides: dict[str, Any]) -> Settings | None:
+    """Settings as configured minus the `drop` ones (invalid, unknown), or None if that
+    still does not validate; only used to report the problems of the rest at once."""
+    token = _DROP.set(frozenset(drop))
+    try:
+        return _Lenient(**overrides)
+    except (ValidationError, ConfigError):
+        return None
+    finally:
+        _DROP.reset(token)

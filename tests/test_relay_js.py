@@ -27,8 +27,8 @@ def pages(relay_url: str) -> dict[str, str]:
   document.cookie = "_ga=GA1.1.1187654321.1700000000; path=/";
   document.cookie = "_ga_ABC123=GS1.1.1700000100.3.1.1700000200.0.0.0; path=/";
   window._pgnt = {variables: function (label) {
-    return label === "purchase" ? %s : {conversion_id: null}; }};
-</script>""" % json.dumps(PAGENT)
+    return label === "purchase" ? PAGENT_JSON : {conversion_id: null}; }};
+</script>""".replace("PAGENT_JSON", json.dumps(PAGENT))
     script = f'<script src="{relay_url}/relay.js" data-cookie-days="30"></script>'
     return {
         "/landing": f"<!doctype html><title>Landing</title>{trackers}{script}"

@@ -105,7 +105,10 @@ class Impact(Destination):
         items = [i for i in conversion.items if i.subtotal is not None or i.price is not None]
         if items and len(items) == len(conversion.items):
             for n, item in enumerate(items, start=1):
-                line = item.subtotal if item.subtotal is not None else item.price * item.quantity
+                line = item.subtotal
+                if line is None:
+                    assert item.price is not None  # kept by the filter above
+                    line = item.price * item.quantity
                 sku = item.sku or item.product_id or item.name or f"item-{n}"
                 form.append((f"ItemSku{n}", sku[:MAX_SKU]))
                 if item.name:

@@ -77,7 +77,8 @@ class Pagent(Destination):
             wanted = self.settings.currency
             if wanted and conversion.currency != wanted:
                 return Skip(
-                    f"currency {conversion.currency} differs from the pagent project currency {wanted}"
+                    f"currency {conversion.currency} differs from the pagent project "
+                    f"currency {wanted}"
                 )
             if conversion.total < 0:
                 return Skip("negative revenue")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -140,7 +140,9 @@ def _metadata(content: dict[str, Any]) -> dict[str, str]:
 
 def _customer(content: dict[str, Any]) -> Customer:
     c = _obj(content, "customer")
-    billing = c.get("billing_address") if isinstance(c.get("billing_address"), dict) else {}
+    billing: dict[str, Any] = (
+        c["billing_address"] if isinstance(c.get("billing_address"), dict) else {}
+    )
     invoice_billing = _obj(content, "invoice").get("billing_address")
     if not billing and isinstance(invoice_billing, dict):
         billing = invoice_billing
@@ -189,9 +191,7 @@ def _payment_succeeded(content: dict[str, Any], occurred: datetime) -> Conversio
         )
         items = tuple(
             Item(
-                quantity=li.get("quantity")
-                if isinstance(li.get("quantity"), int) and li.get("quantity") > 0
-                else 1,
+                quantity=q if isinstance(q := li.get("quantity"), int) and q > 0 else 1,
                 price=amount(li.get("unit_amount"), currency, "line_items.unit_amount"),
                 subtotal=amount(li.get("amount"), currency, "line_items.amount"),
                 sku=text(li.get("entity_id")),
@@ -274,7 +274,7 @@ def _subscription_renewed(content: dict[str, Any], occurred: datetime) -> str:
     return "subscription_renewed is counted when its payment_succeeded arrives"
 
 
-HANDLERS = {
+HANDLERS: dict[str, Callable[..., Any]] = {
     "payment_succeeded": _payment_succeeded,
     "subscription_created": partial(_subscription, SUBSCRIPTION_STARTED),
     "subscription_cancelled": partial(_subscription, SUBSCRIPTION_CANCELLED),

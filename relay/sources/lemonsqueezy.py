@@ -6,8 +6,9 @@ secret, so a secret can be rotated by listing old and new for a while.
 Lemon Squeezy sends no event id and no timestamp, so there is no replay window
 to check. The event id relay records is `"{event_name}:{data.type}:{data.id}"`
 (refund events append the cumulative `refunded_amount`, so a second partial
-refund of the same order is a new event); replay protection is the ledger: a replayed body has the same event id and the
-same conversion keys, so it is answered "duplicate" and never re-delivered.
+refund of the same order is a new event); replay protection is the ledger: a
+replayed body has the same event id and the same conversion keys, so it is
+answered "duplicate" and never re-delivered.
 
 Conversions (the body is JSON:API, `{meta, data: {type, id, attributes}}`).
 Lemon Squeezy ids are per-type sequential integers (order 5 and subscription

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -273,7 +273,7 @@ def _adjustment(data: dict[str, Any], occurred: datetime | None) -> Conversion |
     )
 
 
-HANDLERS = {
+HANDLERS: dict[str, Callable[..., Any]] = {
     "transaction.completed": _transaction_completed,
     "transaction.paid": _transaction_paid,
     "subscription.created": partial(_subscription, SUBSCRIPTION_STARTED),

@@ -257,7 +257,7 @@ def _invoice_paid(
     for line in dig(invoice, "lines", "data") or ():
         if not isinstance(line, dict):
             continue
-        price = line.get("price") if isinstance(line.get("price"), dict) else {}
+        price: dict[str, Any] = line["price"] if isinstance(line.get("price"), dict) else {}
         price_id = dig(line, "pricing", "price_details", "price") or price.get("id")
         product = dig(line, "pricing", "price_details", "product") or price.get("product")
         quantity = line.get("quantity")
@@ -372,7 +372,7 @@ FAILED_REFUNDS = frozenset({"failed", "canceled"})
 
 def _refund_conversion(
     order_key: str,
-    minor: int,
+    minor: Any,  # minor units as the payload has them; money.from_minor checks them
     currency: str,
     created: datetime,
     livemode: bool,

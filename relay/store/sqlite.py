@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -105,7 +107,8 @@ class SQLiteStore(Store):
         try:
             self._conn = await asyncio.to_thread(self._connect)
         except Exception as exc:
-            raise StoreError(f"cannot open SQLite database {self.path!r}: {exc}") from None
+            why = path_problem(self.path) or exc
+            raise StoreError(f"cannot open SQLite database {self.path!r}: {why}") from None
         self._closed = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite")
         self._kick = asyncio.Event()
@@ -939,3 +942,42 @@ def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: floa
             (key, count - per_minute),
         ).fetchone()[0]
     return max(0.001, oldest + 60.0 - now)
+
+
+def path_problem(path: str) -> str | None:
+    """What is wrong with `path` as the place of a SQLite file, in one line, or None.
+
+    Called once opening failed, to replace SQLite's "unable to open database file" (or
+    an errno from creating the directory) with the reason: a parent that is a file, a
+    directory that this user may not write or that takes no new files (/proc), …"""
+    target = Path(path).absolute()
+    if target.is_dir():
+        return f"{target} is a directory; name a file in it, e.g. {target / 'relay.db'}"
+    for parent in reversed(target.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a directory"
+        if not parent.exists():
+            above = parent.parent
+            if not os.access(above, os.W_OK | os.X_OK):
+                return f"{parent} does not exist and {above} is not writable by this user"
+            return None  # it would be created; the error was something else
+    directory = target.parent
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return f"{directory} is on a read-only file system"
+    if target.exists():
+        if not os.access(target, os.R_OK | os.W_OK):
+            return f"{target} is not readable and writable by this user"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{directory} is not writable by this user (SQLite keeps its -wal file there)"
+        return None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{directory} is not writable by this user"
+    probe = directory / f".relay-probe-{uuid.uuid4().hex}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:  # the directory exists: it refuses new entries
+            return f"{directory} takes no new files (a virtual file system?)"
+        return f"no file can be created in {directory} ({exc.strerror})"
+    os.unlink(probe)
+    return None

@@ -64,7 +64,7 @@ def test_every_request_passes_the_stand_ins(variant, kind, pagent_emu, topmail_e
                                    webhook_token=CONVERGE_TOKEN)), converge_emu),
         (Webhook(WebhookSettings(url=webhook_emu.url + "/hooks/relay", secret=WEBHOOK_SECRET)), webhook_emu),
     ]
-    for dest, emu in dests:
+    for dest, _emu in dests:
         built = dest.build(conv, NOW)
         assert not isinstance(built, Skip), (dest.name, built)
         r = send(built)
