@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from relay import server
     from relay.app import create_app
 
     app = create_app(settings, run_worker=not args.no_worker)
@@ -95,6 +96,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
+        **server.options(settings),
     )
 
 
