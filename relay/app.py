@@ -26,6 +26,7 @@ from relay.enrich import build_enricher
 from relay.errors import AuthError, PayloadError, SignatureError, StoreError
 from relay.intake import IGNORED, Intake
 from relay.limits import BodyBudget
+from relay.logs import short
 from relay.metrics import Metrics
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
@@ -174,10 +175,10 @@ def create_app(
     return app
 
 
-async def read_body(request: Request, limit: int, budget: BodyBudget, timeout: float) -> bytes:
+async def read_body(request: Request, limit: int, budget: BodyBudget, within: float) -> bytes:
     """The body, within bounds: at most `limit` bytes (BodyTooLarge); reserved in the
     budget of bytes being read at once before anything is read (BodyBusy); complete
-    within `timeout` seconds (TimeoutError). A client gone mid-upload raises starlette's
+    within `within` seconds (TimeoutError). A client gone mid-upload raises starlette's
     ClientDisconnect."""
     declared = request.headers.get("content-length")
     if declared and declared.isascii() and declared.isdigit():
@@ -191,7 +192,7 @@ async def read_body(request: Request, limit: int, budget: BodyBudget, timeout: f
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > reserved:
@@ -237,17 +238,14 @@ async def receive(relay: Relay, request: Request) -> Response:
 
     limit = relay.settings.max_body_bytes
     try:
-        body = await read_body(
-            request, limit, relay.budget, relay.settings.body_timeout_seconds
-        )
+        body = await read_body(request, limit, relay.budget, relay.settings.body_timeout_seconds)
     except BodyTooLarge:
-        return answer("too_large", {"error": f"body is larger than {limit} bytes"}, 413, **close())
+        too_large = {"error": f"body is larger than {limit} bytes"}
+        return answer("too_large", too_large, 413, **close())
     except BodyBusy:
-        log.warning(
-            "webhook source=%s refused: bodies being read are at RELAY_MAX_INFLIGHT_BODY_BYTES", name
-        )
-        body_ = {"error": "too many requests being read at once, retry later"}
-        return answer("busy", body_, 503, **close(retry=BUSY_RETRY_AFTER))
+        log.warning("webhook source=%s refused: RELAY_MAX_INFLIGHT_BODY_BYTES reached", name)
+        busy = {"error": "too many requests being read at once, retry later"}
+        return answer("busy", busy, 503, **close(retry=BUSY_RETRY_AFTER))
     except TimeoutError:
         log.warning("webhook source=%s cut: the body took over RELAY_BODY_TIMEOUT_SECONDS", name)
         return answer("too_slow", {"error": "the body arrived too slowly"}, 408, **close())
@@ -271,7 +269,7 @@ async def receive(relay: Relay, request: Request) -> Response:
         return answer("store_error", {"error": "store unavailable, retry later"}, 503)
 
     parsed = result.parsed
-    tag = f"source={name} event={parsed.event_id} type={parsed.event_type}"
+    tag = f"source={name} event={short(parsed.event_id)} type={short(parsed.event_type)}"
     if result.status == IGNORED:
         log.info("webhook %s ignored: %s", tag, result.reason)
         return answer("ignored", {"status": "ignored", "reason": result.reason})
@@ -285,8 +283,8 @@ async def receive(relay: Relay, request: Request) -> Response:
     log.info(
         "webhook %s accepted conversions=%s known=%s deliveries=%d",
         tag,
-        ",".join(f"{c.kind}:{c.order_key}" for c in recorded.conversions) or "-",
-        ",".join(f"{c.kind}:{c.order_key}" for c in recorded.known) or "-",
+        ",".join(f"{c.kind}:{short(c.order_key)}" for c in recorded.conversions) or "-",
+        ",".join(f"{c.kind}:{short(c.order_key)}" for c in recorded.known) or "-",
         recorded.deliveries,
     )
     out: dict[str, Any] = {

@@ -34,6 +34,7 @@ import httpx
 from relay.conversion import PURCHASE, Conversion, Item
 from relay.destinations import path_segment
 from relay.errors import EnrichmentUnavailable
+from relay.logs import short
 from relay.retry import parse_retry_after
 from relay.settings import Settings
 
@@ -175,8 +176,8 @@ class Enricher:
             log.warning(
                 "enrich source=paddle order=%s customer=%s: GET /customers %s; "
                 "delivering without the email",
-                conversion.order_key,
-                customer_id,
+                short(conversion.order_key),
+                short(customer_id),
                 why,
             )
             return None
@@ -281,7 +282,7 @@ def _degraded(conversion: Conversion, exc: Exception) -> None:
     log.warning(
         "enrich source=%s order=%s failed (%s); delivering without it",
         conversion.source,
-        conversion.order_key,
+        short(conversion.order_key),
         _describe(exc),
     )
 

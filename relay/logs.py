@@ -25,7 +25,7 @@ def escape(text: str) -> str:
     return text if text.isprintable() else text.translate(_ESCAPES)
 
 
-def short(value: object, limit: int = 80) -> str:
+def short(value: object, limit: int = 100) -> str:
     """An id from a payload, cut to `limit` characters for a log line (escaped by the
     formatter anyway; this keeps a hostile 1 MB id from filling the log)."""
     text = str(value)

@@ -60,7 +60,7 @@ class HeaderDeadline(HttpToolsProtocol):
     def _too_slow(self) -> None:
         self._header_timer = None
         if not self.transport.is_closing():
-            log.debug("closing a connection whose request headers took over %s s", self.header_timeout)
+            log.debug("closed a connection: headers took over %s s", self.header_timeout)
             self.transport.close()
 
 
