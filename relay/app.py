@@ -3,6 +3,11 @@
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
 only after the transaction holding it has committed.
+
+Before a body is read, a request is checked on what costs nothing to check: a
+locked-out client address (relay.throttle), the source's signature header or Basic
+credentials (`Source.verify_headers`), and room in the budget of bodies being read
+at once (relay.limits); the body then has RELAY_BODY_TIMEOUT_SECONDS to arrive.
 """
 
 from __future__ import annotations
