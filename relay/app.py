@@ -3,6 +3,11 @@
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
 only after the transaction holding it has committed.
+
+Before a body is read, a request is checked on what costs nothing to check: a
+locked-out client address (relay.throttle), the source's signature header or Basic
+credentials (`Source.verify_headers`), and room in the budget of bodies being read
+at once (relay.limits); the body then has RELAY_BODY_TIMEOUT_SECONDS to arrive.
 """
 
 from __future__ import annotations
@@ -17,18 +22,21 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
-from relay.errors import PayloadError, SignatureError, StoreError
+from relay.errors import AuthError, PayloadError, SignatureError, StoreError
 from relay.intake import DUPLICATE, IGNORED, QUARANTINED, Intake
+from relay.limits import BodyBudget
+from relay.logs import short
 from relay.metrics import Metrics
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
 from relay.store import Store, open_store
+from relay.throttle import Throttle
 from relay.worker import Worker
 
 log = logging.getLogger("relay.web")
@@ -46,6 +54,22 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyBusy(Exception):
+    """The budget of body bytes being read at once is spent (relay.limits)."""
+
+
+TOO_MANY_FAILURES = "too many wrong credentials from this address, retry later"
+BUSY_RETRY_AFTER = 5  # seconds; the processors retry a 503 on their own schedule anyway
+
+
+def close(retry: int | None = None) -> dict[str, str]:
+    """Headers that make uvicorn close the connection after the answer (and Retry-After)."""
+    headers = {"Connection": "close"}
+    if retry is not None:
+        headers["Retry-After"] = str(retry)
+    return headers
+
+
 @dataclass
 class Relay:
     """Everything a request handler needs, built once per app."""
@@ -57,9 +81,14 @@ class Relay:
     metrics: Metrics = field(default_factory=Metrics)
     worker: Worker | None = None
     intake: Intake = field(init=False)
+    budget: BodyBudget = field(init=False)
+    throttles: dict[str, Throttle] = field(init=False)
 
     def __post_init__(self) -> None:
         self.intake = Intake(self.settings, self.store, self.sources, self.destinations)
+        self.budget = BodyBudget(self.settings.max_inflight_body_bytes)
+        failures = self.settings.chargebee.max_auth_failures
+        self.throttles = {name: Throttle(failures=failures) for name in self.sources}
 
 
 def create_app(
@@ -175,17 +204,31 @@ def browser_script() -> Any:
     return serve
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, budget: BodyBudget, within: float) -> bytes:
+    """The body, within bounds: at most `limit` bytes (BodyTooLarge); reserved in the
+    budget of bytes being read at once before anything is read (BodyBusy); complete
+    within `within` seconds (TimeoutError). A client gone mid-upload raises starlette's
+    ClientDisconnect."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    if declared and declared.isascii() and declared.isdigit():
+        reserved = int(declared)
+        if reserved > limit:
+            raise BodyTooLarge
+    else:
+        reserved = limit  # chunked: the largest it may become
+    if not budget.take(reserved):
+        raise BodyBusy
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > reserved:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+    finally:
+        budget.give(reserved)
     return b"".join(chunks)
 
 
@@ -201,13 +244,44 @@ async def receive(relay: Relay, request: Request) -> Response:
         relay.metrics.webhook(name, outcome)
         return JSON(body, status_code=status, headers=headers or None)
 
+    # Before the body is read: a locked-out address, a missing or impossible signature
+    # header and wrong Basic credentials cost no body buffer (the connection is closed,
+    # so whatever the client still sends is not read either).
+    now = time.time()
+    throttle = relay.throttles[name]
+    address = request.client.host if request.client else None
+    wait = throttle.locked(address)
+    if wait:
+        return answer("throttled", {"error": TOO_MANY_FAILURES}, 429, **close(retry=wait))
+    try:
+        source.verify_headers(request.headers, now)
+    except SignatureError as exc:
+        log.warning("webhook source=%s rejected: %s", name, exc)
+        if isinstance(exc, AuthError):
+            wait = throttle.failed(address)
+            if wait:
+                return answer("throttled", {"error": TOO_MANY_FAILURES}, 429, **close(retry=wait))
+        extra = {"WWW-Authenticate": 'Basic realm="relay"'} if exc.status_code == 401 else {}
+        return answer("rejected", {"error": str(exc)}, exc.status_code, **extra, **close())
+    throttle.succeeded(address)
+
     limit = relay.settings.max_body_bytes
     try:
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, relay.budget, relay.settings.body_timeout_seconds)
     except BodyTooLarge:
-        return answer("too_large", {"error": f"body is larger than {limit} bytes"}, 413)
+        too_large = {"error": f"body is larger than {limit} bytes"}
+        return answer("too_large", too_large, 413, **close())
+    except BodyBusy:
+        log.warning("webhook source=%s refused: RELAY_MAX_INFLIGHT_BODY_BYTES reached", name)
+        busy = {"error": "too many requests being read at once, retry later"}
+        return answer("busy", busy, 503, **close(retry=BUSY_RETRY_AFTER))
+    except TimeoutError:
+        log.warning("webhook source=%s cut: the body took over RELAY_BODY_TIMEOUT_SECONDS", name)
+        return answer("too_slow", {"error": "the body arrived too slowly"}, 408, **close())
+    except ClientDisconnect:
+        log.info("webhook source=%s: the client disconnected before its body was complete", name)
+        return answer("disconnected", {"error": "client disconnected"}, 400)
 
-    now = time.time()
     try:
         source.verify(body, request.headers, now)
     except SignatureError as exc:
@@ -224,7 +298,7 @@ async def receive(relay: Relay, request: Request) -> Response:
         return answer("store_error", {"error": "store unavailable, retry later"}, 503)
 
     parsed = result.parsed
-    tag = f"source={name} event={parsed.event_id} type={parsed.event_type or '-'}"
+    tag = f"source={name} event={short(parsed.event_id)} type={short(parsed.event_type)}"
     if result.status == DUPLICATE:
         log.info("webhook %s duplicate", tag)
         return answer("duplicate", {"status": "duplicate", "event_id": parsed.event_id})
@@ -246,8 +320,8 @@ async def receive(relay: Relay, request: Request) -> Response:
     log.info(
         "webhook %s accepted conversions=%s known=%s deliveries=%d",
         tag,
-        ",".join(f"{c.kind}:{c.order_key}" for c in recorded.conversions) or "-",
-        ",".join(f"{c.kind}:{c.order_key}" for c in recorded.known) or "-",
+        ",".join(f"{c.kind}:{short(c.order_key)}" for c in recorded.conversions) or "-",
+        ",".join(f"{c.kind}:{short(c.order_key)}" for c in recorded.known) or "-",
         recorded.deliveries,
     )
     out: dict[str, Any] = {

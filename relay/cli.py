@@ -169,6 +169,7 @@ def _port(text: str) -> int:
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from relay import server
     from relay.app import create_app
 
     if settings.store_url.startswith("sqlite:"):
@@ -187,6 +188,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
+        **server.options(settings),
     )
 
 

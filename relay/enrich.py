@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,7 +32,10 @@ from typing import Any
 import httpx
 
 from relay.conversion import PURCHASE, Conversion, Item
+from relay.destinations import path_segment
 from relay.errors import EnrichmentUnavailable
+from relay.logs import short
+from relay.retry import parse_retry_after
 from relay.settings import Settings
 
 log = logging.getLogger("relay.enrich")
@@ -42,6 +46,7 @@ TIMEOUT_SECONDS = 10.0  # each Paddle request; each Stripe request (the SDK defa
 STRIPE_MAX_NETWORK_RETRIES = 0  # the worker's own retry schedule is the retry
 MAX_CACHE = 10_000
 TRANSIENT_STATUSES = frozenset({408, 425, 429})  # and every 5xx
+STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")  # what Stripe's object ids are made of
 
 
 class _Cache:
@@ -133,7 +138,7 @@ class Enricher:
         async def load() -> dict[str, Any] | None:
             try:
                 response = await self._client().get(
-                    f"{self.paddle_base}/customers/{customer_id}",
+                    f"{self.paddle_base}/customers/{path_segment(customer_id)}",
                     headers={
                         "Authorization": f"Bearer {self.paddle_key}",
                         "Accept": "application/json",
@@ -149,7 +154,7 @@ class Enricher:
             if status in TRANSIENT_STATUSES or status >= 500:
                 raise EnrichmentUnavailable(
                     f"Paddle GET /customers answered {status}",
-                    retry_after=_retry_after(response.headers.get("retry-after")),
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
                 )
             if status == 200:
                 try:
@@ -171,8 +176,8 @@ class Enricher:
             log.warning(
                 "enrich source=paddle order=%s customer=%s: GET /customers %s; "
                 "delivering without the email",
-                conversion.order_key,
-                customer_id,
+                short(conversion.order_key),
+                short(customer_id),
                 why,
             )
             return None
@@ -207,6 +212,8 @@ class Enricher:
     async def _stripe_checkout(self, conversion: Conversion) -> Conversion:
         if conversion.kind != PURCHASE or not conversion.order_key.startswith("cs_"):
             return conversion
+        if not STRIPE_ID.fullmatch(conversion.order_key):
+            return conversion  # not an id Stripe issues: never put it into an API path
         session_id = conversion.order_key
         changes: dict[str, Any] = {}
         if not conversion.items:
@@ -219,7 +226,7 @@ class Enricher:
             if items:
                 changes["items"] = items
         promo_id = conversion.refs.get("promotion_code")
-        if promo_id and not conversion.promo_code:
+        if promo_id and not conversion.promo_code and STRIPE_ID.fullmatch(promo_id):
             code = await self._cache.get(
                 f"stripe:promotion_code:{promo_id}",
                 lambda: self._optional(conversion, self._promotion_code, promo_id),
@@ -275,7 +282,7 @@ def _degraded(conversion: Conversion, exc: Exception) -> None:
     log.warning(
         "enrich source=%s order=%s failed (%s); delivering without it",
         conversion.source,
-        conversion.order_key,
+        short(conversion.order_key),
         _describe(exc),
     )
 
@@ -287,12 +294,6 @@ def _error_code(response: httpx.Response) -> str:
     except (ValueError, KeyError, TypeError):
         return "no error code"
     return str(code)[:64] if isinstance(code, str) else "no error code"
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(min(int(value.strip()), 3600))
-    return None
 
 
 def _describe(exc: Exception) -> str:

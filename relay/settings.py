@@ -103,6 +103,9 @@ class ChargebeeSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     sandbox: bool = False
+    # Wrong Basic credentials in a row from one client address before it is answered
+    # 429 for a while (1 s, doubling per further failure, at most 60 s at a time).
+    max_auth_failures: int = Field(5, ge=1, le=1000)
 
 
 # ---------------------------------------------------------------- destinations
@@ -287,6 +290,16 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     deliver_test_events: bool = False
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # What unauthenticated clients can hold (README "Limits"): the bodies being read at
+    # once, in bytes (past it: 503 + Retry-After); how long a body may take to arrive
+    # (408) and headers to complete (connection closed); open connections (uvicorn's
+    # limit_concurrency, 503 past it); the reverse proxies whose X-Forwarded-For is
+    # believed (addresses or CIDRs, "*" for any; none by default).
+    max_inflight_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    body_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    header_timeout_seconds: float = Field(5.0, gt=0, le=600)
+    max_connections: int = Field(1000, ge=1)
+    trusted_proxies: CSV = []
     log_level: str = "INFO"
 
     stripe: StripeSettings = StripeSettings()
@@ -305,6 +318,8 @@ class Settings(BaseSettings):
 
     worker: WorkerSettings = WorkerSettings()
     attribution: AttributionSettings = AttributionSettings()
+
+    _csv = field_validator("trusted_proxies", mode="before")(_split_csv)
 
     @classmethod
     def settings_customise_sources(

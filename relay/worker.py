@@ -40,6 +40,7 @@ from relay.destinations import (
     redact,
 )
 from relay.errors import EnrichmentUnavailable, StoreError
+from relay.logs import short
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings
 from relay.store import DELIVERED as S_DELIVERED
@@ -604,7 +605,7 @@ class Worker:
 
 def _tag(claim: Claim) -> str:
     return (
-        f"destination={claim.destination} order={claim.conversion.order_key}"
+        f"destination={claim.destination} order={short(claim.conversion.order_key)}"
         f" attempt={claim.attempt}"
     )
 

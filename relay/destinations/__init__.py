@@ -13,12 +13,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
 
 from relay.conversion import Conversion
+from relay.retry import parse_retry_after
 from relay.settings import DestinationSettings
 
 USER_AGENT = "relay/0.1 (+conversion relay)"
@@ -110,20 +111,19 @@ def excerpt(response: httpx.Response, limit: int = 300) -> str:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After as seconds (delta-seconds or HTTP-date); None when absent or unreadable."""
-    raw = response.headers.get("retry-after")
-    if not raw:
-        return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    """Retry-After as seconds (delta-seconds or HTTP-date, capped); None when absent or
+    unreadable (see relay.retry.parse_retry_after)."""
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+def path_segment(value: object) -> str:
+    """`value` as one URL path segment: every reserved character percent-encoded, and
+    "." / ".." encoded too (httpx would otherwise resolve them), so an id from a payload
+    can never reach another path, query or host. Use it for every id put into a URL."""
+    segment = quote(str(value), safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    return segment
 
 
 def iso_utc(moment: datetime) -> str:

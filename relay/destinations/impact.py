@@ -30,12 +30,11 @@ import base64
 import hashlib
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from urllib.parse import quote
 
 import httpx
 
 from relay.conversion import Conversion
-from relay.destinations import USER_AGENT, Destination, Skip
+from relay.destinations import USER_AGENT, Destination, Skip, path_segment
 from relay.settings import ImpactSettings
 
 MAX_ORDER_ID = 64
@@ -135,7 +134,7 @@ class Impact(Destination):
         basic = base64.b64encode(f"{sid}:{token}".encode()).decode()
         return httpx.Request(
             "POST",
-            f"{s.url.rstrip('/')}/Advertisers/{quote(sid, safe='')}/Conversions",
+            f"{s.url.rstrip('/')}/Advertisers/{path_segment(sid)}/Conversions",
             data=dict(form),
             headers={
                 "Authorization": f"Basic {basic}",

@@ -3,6 +3,10 @@
 A source is two pure steps, kept apart so a stored raw body can be re-parsed
 later without re-verifying:
 
+- `verify_headers(headers, now)` raises SignatureError (or AuthError) when the
+  headers alone show the request cannot be authentic (no signature header, one
+  that cannot be a signature, wrong Basic credentials). It runs before the body
+  is read, so an unsigned request costs no body buffer.
 - `verify(body, headers, now)` raises SignatureError (or AuthError) unless the
   raw bytes are authentic. It runs before anything is parsed.
 - `parse(body)` returns a ParsedEvent: the processor's event id and type, and
@@ -47,6 +51,8 @@ class ParsedEvent:
 
 class Source(Protocol):
     name: str
+
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> object: ...
 
     def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None: ...
 

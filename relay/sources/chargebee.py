@@ -82,6 +82,10 @@ class ChargebeeSource:
         ).encode()
 
     def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+        self.verify_headers(headers, now)
+
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> None:
+        """HTTP Basic credentials are the whole check: done before the body is read."""
         header = (headers.get("authorization") or "").strip()
         scheme, _, encoded = header.partition(" ")
         if not header:

@@ -87,13 +87,18 @@ class LemonSqueezySource:
         self.settings = settings
         self._secrets = [s.get_secret_value().encode() for s in settings.signing_secret]
 
-    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> str:
+        """The X-Signature header, if it can be a signature (checked before the body is
+        read); SignatureError otherwise."""
         signature = (headers.get("x-signature") or "").strip()
         if not signature:
             raise SignatureError("missing X-Signature header")
         if len(signature) != 64 or not set(signature) <= HEX:
             raise SignatureError("X-Signature is not a hex HMAC-SHA256 digest")
-        given = signature.lower().encode()
+        return signature
+
+    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+        given = self.verify_headers(headers, now).lower().encode()
         ok = False
         for secret in self._secrets:
             expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()

@@ -77,6 +77,9 @@ from relay.sources import (
 NO_SALE_ORIGINS = frozenset({"subscription_payment_method_change"})
 
 
+MAX_SIGNATURE_HEADER = 4096  # ts= and a few h1= of 64 hex digits each, with room to spare
+
+
 def parse_signature(header: str) -> tuple[int, list[str]]:
     """`ts=…;h1=…[;h1=…]` → (ts, [h1…]); unknown keys are ignored."""
     ts: int | None = None
@@ -87,7 +90,7 @@ def parse_signature(header: str) -> tuple[int, list[str]]:
             continue
         key, value = key.strip(), value.strip()
         if key == "ts" and ts is None:
-            if not value.isdigit() or len(value) > 12:
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:  # isdigit takes "²"
                 raise SignatureError("Paddle-Signature ts is not a Unix timestamp")
             ts = int(value)
         elif key == "h1" and value:
@@ -107,11 +110,18 @@ class PaddleSource:
         self._secrets = [s.get_secret_value().encode() for s in settings.webhook_secrets]
         self._tolerance = settings.tolerance_seconds
 
-    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> str:
+        """The Paddle-Signature header, if it can be a signature (checked before the body
+        is read); SignatureError otherwise."""
         header = headers.get("paddle-signature")
         if not header:
             raise SignatureError("missing Paddle-Signature header")
-        ts, signatures = parse_signature(header)
+        if not header.isascii() or len(header) > MAX_SIGNATURE_HEADER:
+            raise SignatureError("Paddle-Signature is not a ts=…;h1=… signature header")
+        return header
+
+    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+        ts, signatures = parse_signature(self.verify_headers(headers, now))
         message = str(ts).encode() + b":" + body
         given = [s.lower().encode() for s in signatures]
         ok = False

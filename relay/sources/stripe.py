@@ -66,6 +66,13 @@ from relay.sources import (
 )
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
+MAX_SIGNATURE_HEADER = 4096  # t= and a few v1= of 64 hex digits each, with room to spare
+
+
+def _timestamp(header: str) -> int:
+    """The t= of a Stripe-Signature header the SDK has verified (it read it the same way)."""
+    first = next(item for item in header.split(",") if item.split("=")[0] == "t")
+    return int(first.split("=", 2)[1])
 
 
 class StripeSource:
@@ -78,10 +85,19 @@ class StripeSource:
 
     # ------------------------------------------------------------ verify
 
-    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> str:
+        """The Stripe-Signature header, if it can be a signature (checked before the body
+        is read); SignatureError otherwise."""
         header = headers.get("stripe-signature")
         if not header:
             raise SignatureError("missing Stripe-Signature header")
+        # The SDK's compare_digest raises TypeError on non-ASCII text: refuse it here.
+        if not header.isascii() or len(header) > MAX_SIGNATURE_HEADER:
+            raise SignatureError("Stripe-Signature is not a t=…,v1=… signature header")
+        return header
+
+    def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
+        header = self.verify_headers(headers, now)
         try:
             payload = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -92,10 +108,16 @@ class StripeSource:
                 stripe.WebhookSignature.verify_header(
                     payload, header, secret, tolerance=self._tolerance
                 )
-                return
             except stripe.SignatureVerificationError as exc:
                 # The SDK checks the timestamp only after an HMAC matched.
                 stale = stale or "tolerance" in str(exc)
+                continue
+            # The SDK checks only the past; a date too far ahead is refused like Paddle's.
+            if _timestamp(header) - now > self._tolerance:
+                raise SignatureError(
+                    f"Stripe-Signature timestamp is more than {self._tolerance} s in the future"
+                )
+            return
         if stale:
             raise SignatureError(
                 f"Stripe-Signature timestamp is outside the {self._tolerance} s tolerance"
