@@ -44,7 +44,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
@@ -56,7 +56,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from relay import refunds
-from relay.conversion import REFUND, REVENUE_KINDS, Conversion
+from relay.conversion import KINDS, REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
@@ -68,16 +68,20 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DestinationError,
     EventRecord,
     Recorded,
     Settlement,
     Store,
+    StoredConversion,
     StoredEvent,
     customer_key,
+    email_hash,
+    stored_email_hash,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 POOL_MIN = 1
@@ -153,10 +157,11 @@ _EARLIER_SQL = (
 _CONVERSIONS_SQL = """
 WITH ins AS (
     INSERT INTO conversions (source, kind, order_key, event_row, customer_key, occurred_at,
-                             created_at, data)
+                             created_at, data, email_hash)
     SELECT * FROM unnest(%(source)b::text[], %(kind)b::text[], %(order_key)b::text[],
                          %(event_row)b::bigint[], %(customer_key)b::text[],
-                         %(occurred_at)b::float8[], %(created_at)b::float8[], %(data)b::bytea[])
+                         %(occurred_at)b::float8[], %(created_at)b::float8[], %(data)b::bytea[],
+                         %(email_hash)b::text[])
     ON CONFLICT (source, kind, order_key) DO NOTHING
     RETURNING id, source, kind, order_key
 ), dl AS (
@@ -173,6 +178,43 @@ WITH ins AS (
 )
 SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 """
+
+
+async def _hash_existing_emails(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Schema 4: the email hash of every conversion recorded before conversions carried
+    one, computed with the same Python as new rows get (`stored_email_hash`)."""
+    after = 0
+    while True:
+        cur = await conn.execute(
+            "SELECT id, data FROM conversions WHERE id > %s ORDER BY id LIMIT 1000", (after,)
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return
+        after = rows[-1][0]
+        pairs = [(row_id, stored_email_hash(bytes(data))) for row_id, data in rows]
+        pairs = [(row_id, hashed) for row_id, hashed in pairs if hashed is not None]
+        if pairs:
+            await conn.execute(
+                "UPDATE conversions c SET email_hash = t.hash"
+                " FROM unnest(%s::bigint[], %s::text[]) AS t (id, hash) WHERE c.id = t.id",
+                ([p[0] for p in pairs], [p[1] for p in pairs]),
+            )
+
+
+ID_SLACK = 600.0  # seconds: how far out of recording order a delivery id may be
+_DELIVERY_COLUMNS = sql.SQL(
+    "d.id, d.destination, d.status, d.attempts,"
+    " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
+    " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
+    " d.created_at, d.updated_at, d.conversion_id"
+)
+
+
+def _stored_conversion(row: Sequence[Any]) -> StoredConversion:
+    return StoredConversion(
+        int(row[0]), int(row[1]), float(row[2]), Conversion.from_json(bytes(row[3]))
+    )
 
 
 class PostgresStore(Store):
@@ -235,7 +277,14 @@ class PostgresStore(Store):
         schema = resources.files("relay.store").joinpath("postgres.sql").read_text()
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            cur = await conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = 'conversions' AND column_name = 'email_hash'"
+            )
+            had_email_hash = await cur.fetchone() is not None
             await conn.execute(schema.encode())  # no parameters: one multi-statement script
+            if not had_email_hash:  # schema 4, once, in the transaction that added the column
+                await _hash_existing_emails(conn)
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             row = await cur.fetchone()
             current = row[0] if row else None
@@ -536,6 +585,7 @@ class PostgresStore(Store):
                         "occurred_at": [r[2].occurred_at.timestamp() for r in rows],
                         "created_at": [r[3] for r in rows],
                         "data": [r[2].to_json() for r in rows],
+                        "email_hash": [email_hash(r[2].customer.email) for r in rows],
                         "d_source": [d[0][0] for d in deliveries],
                         "d_kind": [d[0][1] for d in deliveries],
                         "d_order_key": [d[0][2] for d in deliveries],
@@ -645,7 +695,8 @@ class PostgresStore(Store):
                 conversion = conversion.replace(new_customer=prior is None)
             cur = await conn.execute(
                 "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-                " occurred_at, created_at, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " occurred_at, created_at, data, email_hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
                 (
                     conversion.source,
@@ -656,6 +707,7 @@ class PostgresStore(Store):
                     conversion.occurred_at.timestamp(),
                     now,
                     conversion.to_json(),
+                    email_hash(conversion.customer.email),
                 ),
             )
             inserted = await cur.fetchone()
@@ -858,7 +910,7 @@ class PostgresStore(Store):
             "SELECT d.id, d.destination, d.status, d.attempts,"
             " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
             " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
-            " d.created_at, d.updated_at"
+            " d.created_at, d.updated_at, d.conversion_id"
             " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id {where}"
             " ORDER BY d.id DESC LIMIT %s"
         ).format(where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
@@ -889,9 +941,13 @@ class PostgresStore(Store):
         ids: Sequence[int] = (),
         with_body: bool = False,
         oldest_first: bool = False,
+        before: tuple[float, int] | None = None,
     ) -> list[StoredEvent]:
         where: list[sql.Composable] = []
         args: list[Any] = []
+        if before is not None:  # keyset: the rows listed after (received_at, id), newest first
+            where.append(sql.SQL("(received_at, id) < (%s, %s)"))
+            args.extend((before[0], before[1]))
         if statuses:
             where.append(sql.SQL("status = ANY(%s)"))
             args.append(list(statuses))
@@ -1098,6 +1154,210 @@ class PostgresStore(Store):
             "by_status": by_status,
             "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
         }
+
+    # ------------------------------------------------------------ console reads
+
+    async def add_tallies(
+        self,
+        hour: int,
+        counts: Mapping[tuple[str, str, str], int],
+        errors: Mapping[str, DestinationError],
+        prune_before: int,
+    ) -> None:
+        keys = sorted(k for k, n in counts.items() if n)  # one lock order for every process
+        names = sorted(errors)
+        async with self._conn("saving tallies failed") as conn, conn.transaction():
+            if keys:
+                await conn.execute(
+                    "INSERT INTO tallies (hour, kind, name, outcome, n)"
+                    " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+                    " ON CONFLICT (hour, kind, name, outcome)"
+                    " DO UPDATE SET n = tallies.n + excluded.n",
+                    (
+                        hour,
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [k[2] for k in keys],
+                        [counts[k] for k in keys],
+                    ),
+                )
+            if names:
+                await conn.execute(
+                    "INSERT INTO destination_errors (destination, at, delivery_id, status_code,"
+                    " error) SELECT * FROM unnest(%s::text[], %s::float8[], %s::bigint[],"
+                    " %s::integer[], %s::text[])"
+                    " ON CONFLICT (destination) DO UPDATE SET at = excluded.at,"
+                    " delivery_id = excluded.delivery_id, status_code = excluded.status_code,"
+                    " error = excluded.error WHERE excluded.at >= destination_errors.at",
+                    (
+                        names,
+                        [errors[n].at for n in names],
+                        [errors[n].delivery_id for n in names],
+                        [errors[n].status_code for n in names],
+                        [errors[n].error for n in names],
+                    ),
+                )
+            await conn.execute("DELETE FROM tallies WHERE hour < %s", (prune_before,))
+
+    async def tallies(self, since_hour: int) -> dict[tuple[str, str, str], int]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT kind, name, outcome, sum(n) FROM tallies WHERE hour >= %s"
+                " GROUP BY kind, name, outcome",
+                (since_hour,),
+            )
+            rows = await cur.fetchall()
+        return {(kind, name, outcome): int(n) for kind, name, outcome, n in rows}
+
+    async def destination_errors(self) -> dict[str, DestinationError]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, at, delivery_id, status_code, error FROM destination_errors"
+            )
+            rows = await cur.fetchall()
+        return {
+            name: DestinationError(at, error, code, delivery_id)
+            for name, at, delivery_id, code, error in rows
+        }
+
+    async def oldest_pending(self, destinations: Sequence[str]) -> dict[str, float]:
+        if not destinations:
+            return {}
+        async with self._conn("query failed") as conn:
+            # The lowest id is the earliest recorded: one step down deliveries_status_id.
+            cur = await conn.execute(
+                "SELECT t.name, o.created_at FROM unnest(%s::text[]) AS t (name)"
+                " CROSS JOIN LATERAL (SELECT created_at FROM deliveries"
+                "   WHERE status = 'pending' AND destination = t.name ORDER BY id LIMIT 1) o",
+                (list(destinations),),
+            )
+            rows = await cur.fetchall()
+        return {name: float(created) for name, created in rows}
+
+    async def _first_id_at(self, conn: psycopg.AsyncConnection[Any], moment: float) -> int | None:
+        """A delivery id such that deliveries recorded from `moment` on have ids at or above
+        it: a binary search on the primary key (ids grow with the time recorded, give or
+        take a batch, hence ID_SLACK in the callers). None: no deliveries at all."""
+        cur = await conn.execute("SELECT min(id), max(id) + 1 FROM deliveries")
+        bounds = await cur.fetchone()
+        if bounds is None or bounds[0] is None:
+            return None
+        lo, hi = int(bounds[0]), int(bounds[1])
+        while lo < hi:
+            mid = (lo + hi) // 2
+            cur = await conn.execute(
+                "SELECT id, created_at FROM deliveries WHERE id >= %s ORDER BY id LIMIT 1",
+                (mid,),
+            )
+            row = await cur.fetchone()
+            if row is None or row[1] >= moment:
+                hi = mid
+            else:
+                lo = int(row[0]) + 1
+        return lo
+
+    async def delivery_page(
+        self,
+        statuses: Sequence[str],
+        destinations: Sequence[str],
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRow]:
+        if not statuses or not destinations or limit <= 0:
+            return []
+        pairs = [(s, d) for s in statuses for d in destinations]
+        where = [sql.SQL("d.status = p.status AND d.destination = p.destination")]
+        args: list[Any] = [[p[0] for p in pairs], [p[1] for p in pairs]]
+        async with self._conn("query failed") as conn:
+            if before is not None:
+                where.append(sql.SQL("d.id < %s"))
+                args.append(before)
+            if since is not None:
+                low = await self._first_id_at(conn, since - ID_SLACK)
+                where.append(sql.SQL("d.id >= %s AND d.created_at >= %s"))
+                args.extend((low or 0, since))
+            if until is not None:
+                high = await self._first_id_at(conn, until + ID_SLACK)
+                where.append(sql.SQL("d.id < %s AND d.created_at < %s"))
+                args.extend((high or 0, until))
+            if source:
+                where.append(sql.SQL("c.source = %s"))
+                args.append(source)
+            # One walk down deliveries_status_id per (status, destination) pair, merged.
+            query = sql.SQL(
+                "SELECT x.* FROM unnest(%s::text[], %s::text[]) AS p (status, destination)"
+                " CROSS JOIN LATERAL (SELECT {columns} FROM deliveries d"
+                "   JOIN conversions c ON c.id = d.conversion_id"
+                "   WHERE {where} ORDER BY d.id DESC LIMIT %s) x"
+                " ORDER BY x.id DESC LIMIT %s"
+            ).format(columns=_DELIVERY_COLUMNS, where=sql.SQL(" AND ").join(where))
+            cur = await conn.execute(query, (*args, limit, limit))
+            rows = await cur.fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    async def conversion(self, conversion_id: int) -> StoredConversion | None:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT id, event_row, created_at, data FROM conversions WHERE id = %s",
+                (conversion_id,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _stored_conversion(row)
+
+    async def conversion_deliveries(self, conversion_id: int) -> list[DeliveryRow]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT {columns} FROM deliveries d JOIN conversions c"
+                    " ON c.id = d.conversion_id WHERE d.conversion_id = %s ORDER BY d.destination"
+                ).format(columns=_DELIVERY_COLUMNS),
+                (conversion_id,),
+            )
+            rows = await cur.fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    async def find_conversions(
+        self,
+        sources: Sequence[str],
+        order_key: str | None = None,
+        email_hash: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredConversion]:
+        if (order_key is None) == (email_hash is None):
+            raise ValueError("give an order key or an email hash")
+        if order_key is not None:
+            # The unique (source, kind, order_key) index, one probe per source and kind.
+            where = sql.SQL("source = ANY(%s) AND kind = ANY(%s) AND order_key = %s")
+            args: list[Any] = [list(sources), list(KINDS), order_key]
+        else:
+            where, args = sql.SQL("email_hash = %s"), [email_hash]
+        if before is not None:
+            where = where + sql.SQL(" AND id < %s")
+            args.append(before)
+        query = sql.SQL(
+            "SELECT id, event_row, created_at, data FROM conversions WHERE {where}"
+            " ORDER BY id DESC LIMIT %s"
+        ).format(where=where)
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(query, (*args, limit))
+            rows = await cur.fetchall()
+        return [_stored_conversion(row) for row in rows]
+
+    async def find_events(self, sources: Sequence[str], event_id: str) -> list[StoredEvent]:
+        if not sources:
+            return []
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT id, source, event_id, event_type, status, reason, received_at,"
+                " replayed_at FROM events WHERE source = ANY(%s) AND event_id = %s",
+                (list(sources), event_id),
+            )
+            rows = await cur.fetchall()
+        return [StoredEvent(*row) for row in rows]
 
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         # per_minute sends dated 60 s before `until` keep the window full until exactly then

@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 3).
+-- relay ledger, PostgreSQL flavour (schema version 4).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
+-- version 4 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
+ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
+CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
+    WHERE email_hash IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS deliveries (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -59,7 +64,11 @@ ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
 
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- version 4: with the id, so that a page of one destination's failed (or any) deliveries,
+-- newest first, is a walk down the index (the console); it serves what
+-- deliveries_status (status, destination) served, which it replaces.
+CREATE INDEX IF NOT EXISTS deliveries_status_id ON deliveries (status, destination, id);
+DROP INDEX IF EXISTS deliveries_status;
 
 CREATE TABLE IF NOT EXISTS attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -78,6 +87,26 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     sent double precision NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- version 4 (the console): webhooks by source and outcome and delivery results by
+-- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
+-- destination's last failed attempt; written every few seconds by relay.tally.
+CREATE TABLE IF NOT EXISTS tallies (
+    hour    bigint NOT NULL,
+    kind    text   NOT NULL,
+    name    text   NOT NULL,
+    outcome text   NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (hour, kind, name, outcome)
+);
+
+CREATE TABLE IF NOT EXISTS destination_errors (
+    destination text PRIMARY KEY,
+    at          double precision NOT NULL,
+    delivery_id bigint,
+    status_code integer,
+    error       text NOT NULL
+);
 
 -- Sliding 60-second log shared by every process: 0 when a send slot is taken,
 -- else the seconds until one frees up. A per-key advisory lock (held until the end of

@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 3)
+-- relay ledger, SQLite flavour (schema version 4)
 -- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
 -- indexes on them are created there, after the columns exist.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     occurred_at REAL    NOT NULL,
     created_at  REAL    NOT NULL,
     data        BLOB    NOT NULL,
+    email_hash  TEXT,
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
@@ -70,3 +71,23 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     sent REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- version 4 (the console): webhooks by source and outcome and delivery results by
+-- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
+-- destination's last failed attempt; written every few seconds by relay.tally.
+CREATE TABLE IF NOT EXISTS tallies (
+    hour    INTEGER NOT NULL,
+    kind    TEXT    NOT NULL,
+    name    TEXT    NOT NULL,
+    outcome TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (hour, kind, name, outcome)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS destination_errors (
+    destination TEXT PRIMARY KEY,
+    at          REAL NOT NULL,
+    delivery_id INTEGER,
+    status_code INTEGER,
+    error       TEXT NOT NULL
+);
