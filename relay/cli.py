@@ -196,15 +196,19 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.destinations import build_destinations
     from relay.enrich import build_enricher
     from relay.metrics import Metrics
+    from relay.tally import Tally
     from relay.worker import Worker
 
     async def run() -> None:
         store = open_store(settings.store_url)
         await store.open()
         enricher = build_enricher(settings)
+        metrics = Metrics()
         w = Worker(
-            store, build_destinations(settings), settings.worker, metrics=Metrics(), enrich=enricher
+            store, build_destinations(settings), settings.worker, metrics=metrics, enrich=enricher
         )
+        tally = Tally(store, metrics)  # delivery results for the console's 24 h figures
+        tally.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
@@ -213,6 +217,7 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         finally:
             if enricher is not None:
                 await enricher.aclose()
+            await tally.stop()
             await store.close()
 
     asyncio.run(run())
