@@ -186,6 +186,7 @@ def create_app(
         routes.append(Mount("/console", app=console.build(relay)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.relay = relay
+    app.state.tally = tally
     return app
 
 

@@ -157,8 +157,9 @@ def rebuild(dest: Destination, conversion: Conversion, now: datetime) -> Outgoin
         return built
     secrets = secrets_of(dest)
     url = _mask_query(scrub(str(built.url), secrets))
-    headers = [
-        (name, scrub(_header(name, value), secrets)) for name, value in built.headers.multi_items()
+    headers = [  # as written on the wire, names in their own case
+        (name.decode("latin-1"), scrub(_header(name.decode("latin-1"), value.decode()), secrets))
+        for name, value in built.headers.raw
     ]
     body, body_kind = _body(built, secrets)
     return Outgoing(built.method, url, headers, body, body_kind, batch=dest.max_batch)
