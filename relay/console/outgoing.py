@@ -75,7 +75,8 @@ def _replacement(secret: str) -> str:
     """What a secret becomes: MASK, or for a secret URL its scheme and host and MASK."""
     parts = urlsplit(secret)
     if parts.scheme in ("http", "https") and parts.hostname:
-        return f"{parts.scheme}://{parts.hostname}/{MASK}"
+        host = parts.netloc.rsplit("@", 1)[-1]  # never a user or password
+        return f"{parts.scheme}://{host}/{MASK}"
     return MASK
 
 
