@@ -1238,7 +1238,9 @@ class PostgresStore(Store):
         """A delivery id such that deliveries recorded from `moment` on have ids at or above
         it: a binary search on the primary key (ids grow with the time recorded, give or
         take a batch, hence ID_SLACK in the callers). None: no deliveries at all."""
-        cur = await conn.execute("SELECT min(id), max(id) + 1 FROM deliveries")
+        cur = await conn.execute(
+            "SELECT (SELECT min(id) FROM deliveries), (SELECT max(id) FROM deliveries) + 1"
+        )
         bounds = await cur.fetchone()
         if bounds is None or bounds[0] is None:
             return None

@@ -1099,7 +1099,10 @@ def _first_id_at(conn: sqlite3.Connection, moment: float) -> int | None:
     """A delivery id such that deliveries recorded from `moment` on have ids at or above
     it: a binary search on the primary key (ids grow with the time recorded, give or
     take a batch, hence ID_SLACK in the callers). None: the ledger has no deliveries."""
-    lo, hi = conn.execute("SELECT min(id), max(id) + 1 FROM deliveries").fetchone()
+    # Two subqueries: each is one step down the primary key (min and max together scan).
+    lo, hi = conn.execute(
+        "SELECT (SELECT min(id) FROM deliveries), (SELECT max(id) FROM deliveries) + 1"
+    ).fetchone()
     if lo is None:
         return None
     while lo < hi:
