@@ -93,20 +93,21 @@ class Keys:
 
     # -- notes (the message shown after a POST's redirect)
 
-    def note(self, session: Session, lines: list[str]) -> str:
-        kept: list[str] = []
+    def note(self, session: Session, lines: list[tuple[str, str]]) -> str:
+        """A signed note: (text, link or "") lines, cut to fit in a cookie."""
+        kept: list[tuple[str, str]] = []
         size = 0
-        for line in lines:
-            line = line[:500]
-            size += len(line.encode()) + 4
+        for text, link in lines:
+            text = text[:500]
+            size += len(text.encode()) + len(link) + 8
             if size > NOTE_MAX_BYTES:
-                kept.append(f"… and {len(lines) - len(kept)} more")
+                kept.append((f"… and {len(lines) - len(kept)} more", ""))
                 break
-            kept.append(line)
+            kept.append((text, link))
         payload = base64.urlsafe_b64encode(orjson.dumps(kept)).decode().rstrip("=")
         return f"{payload}.{self._sign('note:' + session.nonce, payload)}"
 
-    def read_note(self, session: Session, value: str | None) -> list[str]:
+    def read_note(self, session: Session, value: str | None) -> list[tuple[str, str]]:
         if not value or "." not in value:
             return []
         payload, signature = value.rsplit(".", 1)
@@ -117,4 +118,6 @@ class Keys:
             lines = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         except (ValueError, orjson.JSONDecodeError):
             return []
-        return [str(line) for line in lines] if isinstance(lines, list) else []
+        if not isinstance(lines, list):
+            return []
+        return [(str(line[0]), str(line[1])) for line in lines if isinstance(line, list | tuple)]

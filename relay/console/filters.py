@@ -57,6 +57,19 @@ def duration_ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
+def answer(text: str | None, status_code: int | None = None) -> str:
+    """A destination's answer with its HTTP status, said once ("HTTP 401: …")."""
+    text = text or ""
+    if status_code is None or text.startswith("HTTP "):
+        return text or "–"
+    return f"HTTP {status_code}: {text}" if text else f"HTTP {status_code}"
+
+
+def sentence(text: str) -> str:
+    """The first letter in upper case, the rest as written (`capitalize` lowers it)."""
+    return text[:1].upper() + text[1:]
+
+
 def install(env: jinja2.Environment) -> None:
     filters: dict[str, Any] = {
         "when": when,
@@ -65,5 +78,7 @@ def install(env: jinja2.Environment) -> None:
         "ago": ago,
         "money": money,
         "ms": duration_ms,
+        "answer": answer,
+        "sentence": sentence,
     }
     env.filters.update(filters)

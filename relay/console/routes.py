@@ -200,7 +200,7 @@ class Console:
         **context: Any,
     ) -> Response:
         root = self.root(request)
-        note: list[str] = []
+        note: list[tuple[str, str]] = []
         if session is not None:
             note = self.keys.read_note(session, request.cookies.get(NOTE_COOKIE))
         context.update(
@@ -291,8 +291,10 @@ class Console:
             return back
         return root + default
 
-    def _done(self, request: Request, session: Session, target: str, lines: list[str]) -> Response:
-        """Post-redirect-get: to `target`, which shows `lines` once."""
+    def _done(
+        self, request: Request, session: Session, target: str, lines: list[tuple[str, str]]
+    ) -> Response:
+        """Post-redirect-get: to `target`, which shows `lines` (text, link) once."""
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             NOTE_COOKIE,
@@ -458,10 +460,10 @@ class Console:
                 raise Refused(404, f"There is no delivery {delivery_id}.")
             row = found[0]
             what = f"Delivery {row.id} to {row.destination} ({row.kind} {row.order_key})"
+            link = f"{self.root(request)}/conversions/{row.conversion_id}#delivery-{row.id}"
             if row.status not in (FAILED, SKIPPED):
-                return self._done(
-                    request, session, back, [f"{what} is {row.status}: nothing to retry."]
-                )
+                line = f"{what} is {row.status}: nothing to retry."
+                return self._done(request, session, back, [(line, link)])
             count = await store.requeue([row.id], None, now, (FAILED, SKIPPED))
             self._wake()
             line = (
@@ -469,7 +471,7 @@ class Console:
                 if count
                 else f"{what} changed meanwhile and was not requeued."
             )
-            return self._done(request, session, back, [line])
+            return self._done(request, session, back, [(line, link)])
         destination = (form.get("destination") or [""])[0]
         status = (form.get("status") or [""])[0]
         if destination not in self._destination_names() or status not in (FAILED, SKIPPED):
@@ -482,7 +484,7 @@ class Console:
             if count
             else f"No {status} deliveries to {destination} to retry."
         )
-        return self._done(request, session, back, [line])
+        return self._done(request, session, back, [(line, "")])
 
     # ------------------------------------------------------------ search
 
@@ -655,7 +657,12 @@ class Console:
         summary = await replaying.replay(intake, selected, time.time(), False, lines.append)
         if summary.deliveries:
             self._wake()
-        return self._done(request, session, back, [replaying.summarize(summary, False), *lines])
+        root = self.root(request)
+        shown = [(replaying.summarize(summary, False), "")]
+        for line in lines:  # "#12 stripe evt_… : …" (relay.replay.describe): linked to event 12
+            number = line[1:].split(" ", 1)[0] if line.startswith("#") else ""
+            shown.append((line, f"{root}/events/{number}" if number.isdigit() else ""))
+        return self._done(request, session, back, shown)
 
 
 def _url(path: str, params: dict[str, Any]) -> str:

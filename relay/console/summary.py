@@ -93,8 +93,8 @@ def _names(configured: Iterable[str], seen: Iterable[str]) -> list[str]:
     return first + sorted(set(seen) - set(first))
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 def judge(d: DestinationFigures, now: float) -> None:
@@ -122,9 +122,11 @@ def judge(d: DestinationFigures, now: float) -> None:
     else:
         d.verdict = "Delivering"
     if failed_now:
-        d.reasons.append(f"{_plural(failed_now, 'delivery')} failed for good, waiting for Retry")
+        d.reasons.append(
+            f"{_plural(failed_now, 'delivery', 'deliveries')} failed for good, waiting for Retry"
+        )
     if d.oldest_pending_age is not None and d.oldest_pending_age > BACKLOG_SECONDS:
-        d.reasons.append("the oldest pending delivery has waited long")
+        d.reasons.append("the oldest pending delivery has waited over 15 minutes")
     if not d.configured:
         d.reasons.append("not configured now: nothing is sent to it")
 

@@ -4,6 +4,7 @@ the delivery worker runs in the app as in `relay serve`."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tests.emulators.simmer import SimmerEmulator
 from tests.helpers import SIMMER_KEY, SIMMER_PROJECT, STRIPE_SECRET, body_of, stripe_headers
 
 TOKEN = "console-admin-token-0123456789"
+SCREENSHOTS: list[Path] = []  # directories written in this run, printed at its end
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
 
 
@@ -96,3 +98,21 @@ def console(make_console: Callable[..., Console], simmer: SimmerEmulator) -> Con
     made = make_console(simmer.url)
     assert made.sign_in().status_code == 303
     return made
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save their screenshots: RELAY_TEST_SCREENSHOTS, or a
+    directory under pytest's temporary directory; printed at the end of the run."""
+    chosen = os.environ.get("RELAY_TEST_SCREENSHOTS")
+    path = Path(chosen) if chosen else tmp_path_factory.mktemp("console-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    SCREENSHOTS.append(path)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in SCREENSHOTS:
+        shots = sorted(p.name for p in path.glob("*.png"))
+        if shots:
+            terminalreporter.write_line(f"console screenshots ({len(shots)}): {path}")
