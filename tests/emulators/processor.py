@@ -1,0 +1,72 @@
+"""What the processor API stand-ins share beyond `Emulator`: malformed pages on demand and
+query-string helpers.
+
+    emu.malformed_next(1)                          # the next answer is 200 with a page of the
+                                                   #   wrong shape ({"data": "…"}, no cursor)
+    emu.malformed_next(1, raw=b'{"data": [')       # …or with these exact bytes (cut JSON)
+
+`emu.pages` counts the list pages served (200s of a list endpoint).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.emulators.base import Emulator, Rejection
+
+MALFORMED_PAGE = {"data": "this is not a list", "object": "list"}
+_QUERY: contextvars.ContextVar[str] = contextvars.ContextVar("query", default="")
+
+
+class ProcessorEmulator(Emulator):
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        self._raw: deque[bytes] = deque()
+        self.pages = 0
+        self.queries: list[list[tuple[str, str]]] = []  # each request's query, in order
+
+    def malformed_next(self, count: int = 1, raw: bytes | None = None) -> None:
+        import json
+
+        for _ in range(count):
+            self._raw.append(raw if raw is not None else json.dumps(MALFORMED_PAGE).encode())
+
+    async def _endpoint(self, request: Request) -> Response:
+        if self._raw and request.method == "GET":
+            from tests.emulators.base import Seen
+
+            body = self._raw.popleft()
+            self.requests.append(Seen(request.method, request.url.path,
+                                      {k.lower(): v for k, v in request.headers.items()}, b""))
+            return Response(body, status_code=200, media_type="application/json")
+        _QUERY.set(request.url.query)  # each request runs in its own task: its own value
+        self.queries.append(parse_qsl(request.url.query, keep_blank_values=True))
+        return await super()._endpoint(request)
+
+
+def query() -> list[tuple[str, str]]:
+    """The query string of the request being handled, as (key, value) pairs, repeats kept."""
+    return parse_qsl(_QUERY.get(), keep_blank_values=True)
+
+
+def integer(value: str | None, name: str, default: int, low: int, high: int | None,
+            error: Any) -> int:
+    """A query integer within [low, high]; `error(message, param)` builds the Rejection."""
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise error(f"Invalid integer: {value[:20]}", name) from None
+    if number < low or (high is not None and number > high):
+        raise error(f"{name} must be between {low} and {high}", name)
+    return number
+
+
+__all__ = ["ProcessorEmulator", "Rejection", "integer", "query"]
