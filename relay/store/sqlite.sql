@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 2)
+-- relay ledger, SQLite flavour (schema version 3)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -65,3 +65,17 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     sent REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- version 3 (backfill): each source's reconcile high-water mark, last outcome and lease
+CREATE TABLE IF NOT EXISTS reconcile_state (
+    source          TEXT    PRIMARY KEY,
+    mark            REAL,
+    last_run_at     REAL,
+    last_success_at REAL,
+    last_error      TEXT,
+    last_error_at   REAL,
+    runs            INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_until     REAL
+);
