@@ -1,4 +1,4 @@
-"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate."""
+"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate, backfill."""
 
 from __future__ import annotations
 
@@ -63,6 +63,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="more passthrough metadata, e.g. pagent_session_id=…; repeatable",
     )
+
+    p = sub.add_parser(
+        "backfill",
+        help="record what a processor's API has for a period and the ledger lacks",
+        description=BACKFILL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", nargs="?", help="stripe, paddle, lemonsqueezy or chargebee: read its API"
+    )
+    p.add_argument("--destination", help="plan deliveries to this destination instead")
+    p.add_argument("--since", metavar="T", help="from T: 2026-11-30, 2026-11-30T08:00:00Z, 48h, 7d")
+    p.add_argument("--until", metavar="T", help="up to T (default: now)")
+    p.add_argument("--dry-run", action="store_true", help="record nothing; say what would be")
 
     args = parser.parse_args(argv)
     try:
@@ -241,6 +255,112 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(1)
 
 
+BACKFILL_HELP = """\
+relay backfill <source> --since T [--until T] [--dry-run]
+
+Reads the processor's API for the period and records every conversion the ledger does
+not have yet, exactly as if its webhook had arrived: the same event ids and order keys,
+so a webhook that arrives later is a duplicate, and so is an event the webhook already
+brought. Run it after relay was down, misconfigured or unreachable; the worker's reconcile
+(RELAY_<SOURCE>__RECONCILE_INTERVAL_SECONDS) does the same by itself.
+
+  stripe        Events API (RELAY_STRIPE__API_KEY); Stripe keeps 30 days of events
+  paddle        Events API (RELAY_PADDLE__API_KEY); Paddle keeps 90 days
+  lemonsqueezy  orders, subscriptions, subscription invoices (RELAY_LEMONSQUEEZY__API_KEY);
+                the API has no custom_data, so these conversions carry no attribution ids
+  chargebee     Events API (RELAY_CHARGEBEE__SITE, RELAY_CHARGEBEE__API_KEY)
+
+It prints one line per event found and a summary (new conversions, already recorded,
+ignored). Each event is recorded on its own: an interrupted run is resumed by running the
+same command again. An API error stops it with a message and exit status 1.
+
+T is an ISO 8601 date or time (UTC when it has no offset) or a span back from now:
+90m, 48h, 7d, 2w.
+"""
+
+
+def backfill(settings: Settings, args: argparse.Namespace) -> None:
+    from relay.backfill import Report, run
+    from relay.destinations import build_destinations
+    from relay.errors import ProcessorAPIError
+    from relay.intake import Intake
+    from relay.processors import PROCESSORS, open_processor
+    from relay.sources import source_for
+    from relay.when import parse_time
+
+    if args.destination:
+        raise ConfigError("relay backfill --destination is not part of this build")
+    if not args.source:
+        raise ConfigError("give a source (stripe, paddle, lemonsqueezy, chargebee) and --since")
+    if args.source not in PROCESSORS:
+        raise ConfigError(
+            f"unknown source {args.source[:40]!r}: one of stripe, paddle, lemonsqueezy, chargebee"
+        )
+    if not args.since:
+        raise ConfigError("--since is required: e.g. --since 48h or --since 2026-11-30")
+    now = time.time()
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else now
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if since >= until:
+        raise ConfigError("--since must be before --until (and before now)")
+    processor = open_processor(args.source, settings)
+    notes = []
+    if processor.history_seconds is not None and since < now - processor.history_seconds:
+        oldest = now - processor.history_seconds
+        notes.append(
+            f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days "
+            f"of events: reading from {_stamp(oldest)}, not {_stamp(since)}"
+        )
+        since = oldest
+    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    async def go() -> None:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            intake = Intake(
+                settings,
+                store,
+                {args.source: source_for(settings, args.source)},
+                build_destinations(settings),
+            )
+            await run(
+                intake,
+                processor,
+                report.since,
+                report.until,
+                dry_run=args.dry_run,
+                on_line=lambda line: print(line.text(), flush=False),
+                report=report,
+            )
+        finally:
+            await processor.aclose()
+            await store.close()
+
+    try:
+        asyncio.run(go())
+    except ProcessorAPIError as exc:
+        print(report.summary(), flush=True)
+        print(
+            f"relay: backfill {args.source} stopped: {exc}. What was found before it is "
+            "recorded; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(report.summary(), flush=True)
+        print("relay: backfill interrupted; run it again to resume", file=sys.stderr)
+        sys.exit(130)
+    for note in report.notes[len(notes) :]:
+        print(f"note: {note}", file=sys.stderr)
+    print(report.summary())
+
+
 COMMANDS = {
     "serve": serve,
     "worker": worker,
@@ -249,4 +369,5 @@ COMMANDS = {
     "deliveries": deliveries,
     "retry": retry,
     "simulate": simulate,
+    "backfill": backfill,
 }

@@ -192,21 +192,31 @@ def unix_time(value: Any, name: str) -> datetime:
         raise PayloadError(f"{name} is not a Unix timestamp in range") from None
 
 
-def build_sources(settings: Any) -> dict[str, Source]:
-    """The enabled sources, by path name (`POST /webhooks/<name>`)."""
+def _registry() -> dict[str, Any]:
     from relay.sources.chargebee import ChargebeeSource
     from relay.sources.lemonsqueezy import LemonSqueezySource
     from relay.sources.paddle import PaddleSource
     from relay.sources.stripe import StripeSource
 
-    registry: dict[str, Any] = {
+    return {
         "stripe": StripeSource,
         "lemonsqueezy": LemonSqueezySource,
         "paddle": PaddleSource,
         "chargebee": ChargebeeSource,
     }
+
+
+def build_sources(settings: Any) -> dict[str, Source]:
+    """The enabled sources, by path name (`POST /webhooks/<name>`)."""
     return {
         name: cls(getattr(settings, name))
-        for name, cls in registry.items()
+        for name, cls in _registry().items()
         if getattr(settings, name).enabled
     }
+
+
+def source_for(settings: Any, name: str) -> Source:
+    """One source's parser, whether or not its webhook secrets are set: backfill and
+    reconcile read the processor's API with its API key, and parse what they fetch with
+    the same code as the webhook path."""
+    return _registry()[name](getattr(settings, name))  # type: ignore[no-any-return]

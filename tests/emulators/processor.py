@@ -29,13 +29,16 @@ class ProcessorEmulator(Emulator):
         super().__init__(port)
         self._raw: deque[bytes] = deque()
         self.pages = 0
-        self.queries: list[list[tuple[str, str]]] = []  # each request's query, in order
+        self.queries: list[tuple[str, list[tuple[str, str]]]] = []  # (path, query) in order
 
     def malformed_next(self, count: int = 1, raw: bytes | None = None) -> None:
         import json
 
         for _ in range(count):
             self._raw.append(raw if raw is not None else json.dumps(MALFORMED_PAGE).encode())
+
+    def queries_of(self, path: str) -> list[list[tuple[str, str]]]:
+        return [q for p, q in self.queries if p == path]
 
     async def _endpoint(self, request: Request) -> Response:
         if self._raw and request.method == "GET":
@@ -46,7 +49,7 @@ class ProcessorEmulator(Emulator):
                                       {k.lower(): v for k, v in request.headers.items()}, b""))
             return Response(body, status_code=200, media_type="application/json")
         _QUERY.set(request.url.query)  # each request runs in its own task: its own value
-        self.queries.append(parse_qsl(request.url.query, keep_blank_values=True))
+        self.queries.append((request.url.path, parse_qsl(request.url.query, keep_blank_values=True)))
         return await super()._endpoint(request)
 
 
