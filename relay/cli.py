@@ -315,7 +315,8 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
             f"of events: reading from {_stamp(oldest)}, not {_stamp(since)}"
         )
         since = oldest
-    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=notes)
+    notes.extend(processor.notes)
+    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=list(notes))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -356,8 +357,6 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
         print(report.summary(), flush=True)
         print("relay: backfill interrupted; run it again to resume", file=sys.stderr)
         sys.exit(130)
-    for note in report.notes[len(notes) :]:
-        print(f"note: {note}", file=sys.stderr)
     print(report.summary())
 
 

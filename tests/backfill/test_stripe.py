@@ -28,6 +28,7 @@ def test_relay_down_for_15_of_25_purchases_backfill_delivers_each_once(
     events = purchases(25, now - 3600)  # the last hour
     for event in events:
         stripe_api.add_event(event)
+    stripe_api.page_cap = 10  # three pages: starting_after carries on where each ends
     env = env_for(tmp_path / "relay.db", simmer, impact, stripe=stripe_api)
     relay = relay_factory(env)
     for event in events[:10]:  # relay was up for the first ten
@@ -43,10 +44,13 @@ def test_relay_down_for_15_of_25_purchases_backfill_delivers_each_once(
     for event in events:
         assert event["id"] in out.stdout  # one line per event found
     # The Events API was asked only for the types relay relays, 100 at a time, from 2 h ago.
-    [query] = stripe_api.queries_of("/v1/events")
-    assert sorted(v for k, v in query if k == "types[]") == sorted(RELAYED_TYPES)
-    params = dict(query)
+    first, second, third = stripe_api.queries_of("/v1/events")
+    assert sorted(v for k, v in first if k == "types[]") == sorted(RELAYED_TYPES)
+    params = dict(first)
     assert params["limit"] == "100" and abs(int(params["created[gte]"]) - (now - 7200)) < 60
+    newest_first = sorted(events, key=lambda e: e["created"], reverse=True)
+    assert dict(second)["starting_after"] == newest_first[9]["id"]
+    assert dict(third)["starting_after"] == newest_first[19]["id"]
 
     sessions = {e["data"]["object"]["id"] for e in events}
     wait_until(lambda: len(simmer.conversions) == 25 and len(impact.actions) == 25,

@@ -122,6 +122,7 @@ class ChargebeeAPIEmulator(ProcessorEmulator):
 
         listed = sorted((e for e in self.events if keep(e)), key=lambda e: (e["occurred_at"], e["id"]),
                         reverse="sort_by[asc]" not in args)
+        limit = min(limit, self.page_cap or limit)
         start = 0
         if "offset" in args:
             if args["offset"] not in self._offsets:

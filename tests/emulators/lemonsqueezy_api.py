@@ -99,6 +99,7 @@ class LemonSqueezyAPIEmulator(ProcessorEmulator):
         listed = sorted((o for o in self.objects[kind] if keep(o)),
                         key=lambda o: (datetime.fromisoformat(o["attributes"]["created_at"]), int(o["id"])),
                         reverse=True)
+        size = min(size, self.page_cap or size)
         last_page = max(1, math.ceil(len(listed) / size))
         page = listed[(number - 1) * size: number * size]
 

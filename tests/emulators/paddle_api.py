@@ -100,7 +100,7 @@ class PaddleAPIEmulator(ProcessorEmulator):
             raise Rejection(400, _error("invalid_field", "per_page must be an integer")) from None
         if per_page < 1:
             raise Rejection(400, _error("invalid_field", "per_page must be at least 1"))
-        per_page = min(per_page, 200)
+        per_page = min(per_page, 200, self.page_cap or 200)
         oldest = time.time() - HISTORY_SECONDS
         listed = sorted((e for e in self.events
                          if datetime.fromisoformat(e["occurred_at"]).timestamp() >= oldest),

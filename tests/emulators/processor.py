@@ -5,7 +5,8 @@ query-string helpers.
                                                    #   wrong shape ({"data": "…"}, no cursor)
     emu.malformed_next(1, raw=b'{"data": [')       # …or with these exact bytes (cut JSON)
 
-`emu.pages` counts the list pages served (200s of a list endpoint).
+`emu.pages` counts the list pages served (200s of a list endpoint); `emu.page_cap = n`
+serves at most n entries a page whatever the page size asked (to exercise pagination).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ProcessorEmulator(Emulator):
         self._raw: deque[bytes] = deque()
         self.pages = 0
         self.queries: list[tuple[str, list[tuple[str, str]]]] = []  # (path, query) in order
+        self.page_cap: int | None = None  # serve at most this many per page (to test paging)
 
     def malformed_next(self, count: int = 1, raw: bytes | None = None) -> None:
         import json

@@ -160,6 +160,7 @@ class StripeAPIEmulator(ProcessorEmulator):
                              code="resource_missing", param="ending_before")
             end = ids.index(single["ending_before"])
             start = max(0, end - limit)
+        limit = min(limit, self.page_cap or limit)
         page = listed[start:min(end, start + limit)]
         self.pages += 1
         return {"object": "list", "url": "/v1/events", "has_more": start + limit < end,
