@@ -932,7 +932,8 @@ class PostgresStore(Store):
                 " lease_owner = excluded.lease_owner, lease_until = excluded.lease_until"
                 " WHERE r.lease_owner IS NULL OR r.lease_owner = %(owner)s"
                 " OR r.lease_until IS NULL OR r.lease_until < %(now)s"
-                f" RETURNING {_STATE_COLUMNS}",
+                " RETURNING source, mark, last_run_at, last_success_at, last_error, last_error_at,"
+                " runs, failures, lease_owner, lease_until",
                 {"source": source, "now": now, "owner": owner, "until": until},
             )
             row = await cur.fetchone()
@@ -981,7 +982,8 @@ class PostgresStore(Store):
             return set()
         async with self._conn("query failed") as conn:
             cur = await conn.execute(
-                "SELECT c.kind, c.order_key FROM unnest(%s::text[], %s::text[]) AS t (kind, order_key)"
+                "SELECT c.kind, c.order_key"
+                " FROM unnest(%s::text[], %s::text[]) AS t (kind, order_key)"
                 " JOIN conversions c ON c.source = %s AND c.kind = t.kind"
                 " AND c.order_key = t.order_key",
                 ([k for k, _ in keys], [o for _, o in keys], source),

@@ -750,7 +750,8 @@ def _reconcile_lease(
         " lease_owner = excluded.lease_owner, lease_until = excluded.lease_until"
         " WHERE reconcile_state.lease_owner IS NULL OR reconcile_state.lease_owner = ?"
         " OR reconcile_state.lease_until IS NULL OR reconcile_state.lease_until < ?"
-        f" RETURNING {_STATE_COLUMNS}",
+        " RETURNING source, mark, last_run_at, last_success_at, last_error, last_error_at, runs,"
+        " failures, lease_owner, lease_until",
         (source, now, owner, until, owner, now),
     ).fetchone()
     return None if row is None else ReconcileState(*row)
