@@ -26,6 +26,7 @@ from relay.enrich import build_enricher
 from relay.errors import PayloadError, SignatureError, StoreError
 from relay.intake import IGNORED, Intake
 from relay.metrics import Metrics
+from relay.reconcile import Reconciler
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
 from relay.store import Store, open_store
@@ -81,6 +82,8 @@ def create_app(
         await relay.store.open()
         task = None
         enricher = None
+        reconciler: Reconciler | None = None
+        reconciling = None
         if run_worker:
             options = dict(worker_options or {})
             if "enrich" not in options:
@@ -93,6 +96,11 @@ def create_app(
                 **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")
+            reconciler = Reconciler(
+                settings, relay.store, relay.destinations, wake=relay.worker.wake
+            )
+            if reconciler.enabled:  # the worker process also re-reads the processors' APIs
+                reconciling = asyncio.create_task(reconciler.run(), name="relay-reconcile")
         log.info(
             "relay ready: store=%s sources=%s destinations=%s worker=%s",
             relay.store.url.split("://", 1)[0],
@@ -103,6 +111,10 @@ def create_app(
         try:
             yield
         finally:
+            if reconciler is not None and reconciling is not None:
+                await reconciler.stop()
+                with contextlib.suppress(Exception):
+                    await reconciling
             if relay.worker is not None and task is not None:
                 await relay.worker.stop()
                 with contextlib.suppress(Exception):

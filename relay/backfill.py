@@ -65,6 +65,7 @@ class Report:
     ignored: int = 0
     unreadable: int = 0
     last_at: float | None = None  # the latest event handled (ascending runs: the checkpoint)
+    failed_event: bool = False  # an event could not be recorded (no checkpoint may pass it)
     notes: list[str] = field(default_factory=list)
 
     def add(self, line: Line) -> None:
@@ -115,14 +116,12 @@ async def run(
     report.notes.extend(n for n in processor.notes if n not in report.notes)
     in_flight: deque[asyncio.Task[Line]] = deque()
     last_checkpoint = time.monotonic()
-    failed = False  # an event could not be recorded: no checkpoint may pass it
-
     async def settle_oldest() -> None:
-        nonlocal last_checkpoint, failed
+        nonlocal last_checkpoint
         try:
             line = await in_flight.popleft()
         except BaseException:
-            failed = True
+            report.failed_event = True
             raise
         report.add(line)
         if on_line is not None:
@@ -130,7 +129,7 @@ async def run(
         if (
             checkpoint is not None
             and processor.ascending
-            and not failed
+            and not report.failed_event
             and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS
         ):
             last_checkpoint = time.monotonic()

@@ -116,20 +116,26 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.destinations import build_destinations
     from relay.enrich import build_enricher
     from relay.metrics import Metrics
+    from relay.reconcile import Reconciler
     from relay.worker import Worker
 
     async def run() -> None:
         store = open_store(settings.store_url)
         await store.open()
         enricher = build_enricher(settings)
-        w = Worker(
-            store, build_destinations(settings), settings.worker, metrics=Metrics(), enrich=enricher
-        )
+        destinations = build_destinations(settings)
+        w = Worker(store, destinations, settings.worker, metrics=Metrics(), enrich=enricher)
+        reconciler = Reconciler(settings, store, destinations, wake=w.wake)
+
+        async def stop() -> None:
+            await reconciler.stop()
+            await w.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop()))
         try:
-            await w.run()
+            await asyncio.gather(w.run(), reconciler.run())
         finally:
             if enricher is not None:
                 await enricher.aclose()

@@ -42,6 +42,10 @@ class ChargebeeAPIEmulator(ProcessorEmulator):
         self.events: list[dict[str, Any]] = []
         self._offsets: dict[str, int] = {}
 
+    def start_of(self, offset: str | None) -> int:
+        """Where the page asked for with this `offset` starts (0 without one)."""
+        return 0 if offset is None else self._offsets.get(offset, -1)
+
     def add_event(self, event: dict[str, Any]) -> dict[str, Any]:
         self.events.append(event)
         return event

@@ -4,6 +4,7 @@ query-string helpers.
     emu.malformed_next(1)                          # the next answer is 200 with a page of the
                                                    #   wrong shape ({"data": "…"}, no cursor)
     emu.malformed_next(1, raw=b'{"data": [')       # …or with these exact bytes (cut JSON)
+    emu.malformed_when(lambda path, query: …)      # once, for the first request it matches
 
 `emu.pages` counts the list pages served (200s of a list endpoint); `emu.page_cap = n`
 serves at most n entries a page whatever the page size asked (to exercise pagination).
@@ -32,12 +33,19 @@ class ProcessorEmulator(Emulator):
         self.pages = 0
         self.queries: list[tuple[str, list[tuple[str, str]]]] = []  # (path, query) in order
         self.page_cap: int | None = None  # serve at most this many per page (to test paging)
+        self.faulted: list[int] = []  # indexes in `queries` answered by an injected fault
+        self._when: list[tuple[Any, bytes]] = []
 
     def malformed_next(self, count: int = 1, raw: bytes | None = None) -> None:
         import json
 
         for _ in range(count):
             self._raw.append(raw if raw is not None else json.dumps(MALFORMED_PAGE).encode())
+
+    def malformed_when(self, predicate: Any, raw: bytes | None = None) -> None:
+        import json
+
+        self._when.append((predicate, raw if raw is not None else json.dumps(MALFORMED_PAGE).encode()))
 
     def queries_of(self, path: str) -> list[list[tuple[str, str]]]:
         return [q for p, q in self.queries if p == path]
@@ -51,7 +59,16 @@ class ProcessorEmulator(Emulator):
                                       {k.lower(): v for k, v in request.headers.items()}, b""))
             return Response(body, status_code=200, media_type="application/json")
         _QUERY.set(request.url.query)  # each request runs in its own task: its own value
-        self.queries.append((request.url.path, parse_qsl(request.url.query, keep_blank_values=True)))
+        params = parse_qsl(request.url.query, keep_blank_values=True)
+        self.queries.append((request.url.path, params))
+        for entry in list(self._when):
+            predicate, raw = entry
+            if request.method == "GET" and predicate(request.url.path, dict(params)):
+                self._when.remove(entry)
+                self.faulted.append(len(self.queries) - 1)
+                return Response(raw, status_code=200, media_type="application/json")
+        if self._faults:
+            self.faulted.append(len(self.queries) - 1)
         return await super()._endpoint(request)
 
 
