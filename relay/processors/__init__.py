@@ -49,7 +49,7 @@ from relay.errors import ProcessorAPIError
 TIMEOUT_SECONDS = 20.0  # one request
 RETRIES = 4  # after the first try, for what may pass
 RETRY_AFTER_MAX_SECONDS = 120.0  # a Retry-After longer than this is clamped
-BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
