@@ -216,7 +216,7 @@ class Client:
         may pass later)."""
         attempts = (self.retries if retries is None else retries) + 1
         backoff = wait_exponential_jitter(
-            initial=BACKOFF_BASE_SECONDS, max=BACKOFF_MAX_SECONDS, jitter=BACKOFF_BASE_SECONDS
+            multiplier=BACKOFF_BASE_SECONDS, max=BACKOFF_MAX_SECONDS, jitter=BACKOFF_BASE_SECONDS
         )
 
         def wait(state: RetryCallState) -> float:

@@ -52,6 +52,7 @@ class PaddleAPIEmulator(ProcessorEmulator):
         self.api_key = api_key
         self.customers: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.link_base: str | None = None  # the host written into `next` links (default: ours)
 
     def add_event(self, event_type: str, data: dict[str, Any], occurred_at: float | None = None,
                   event_id: str | None = None) -> dict[str, Any]:
@@ -118,6 +119,7 @@ class PaddleAPIEmulator(ProcessorEmulator):
         return {"data": page,
                 "meta": {"request_id": str(uuid.uuid4()),
                          "pagination": {"per_page": per_page,
-                                        "next": f"{self.url}/events?{urlencode(next_query)}",
+                                        "next": f"{self.link_base or self.url}/events?"
+                                                f"{urlencode(next_query)}",
                                         "has_more": start + per_page < len(listed),
                                         "estimated_total": len(listed)}}}
