@@ -153,7 +153,7 @@ def test_on_postgres_one_process_reconciles_a_source_at_a_time(tmp_path, simmer,
             worker.stop()
     # No two runs ever overlapped: each request started after the previous one ended.
     starts = sorted(r.at for r in stripe_api.requests if r.path == "/v1/events")
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert min(gaps) >= stripe_api.delay * 0.9, gaps
     assert set(simmer.writes.values()) == {1} and impact.duplicates == []
     logs = "".join(w.logs() for w in workers)
