@@ -24,7 +24,7 @@ from starlette.routing import Route
 from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
 from relay.errors import PayloadError, SignatureError, StoreError
-from relay.intake import IGNORED, Intake
+from relay.intake import DUPLICATE, IGNORED, QUARANTINED, Intake
 from relay.metrics import Metrics
 from relay.reconcile import Reconciler
 from relay.settings import Settings, load_settings
@@ -204,7 +204,7 @@ async def receive(relay: Relay, request: Request) -> Response:
         return answer("rejected", {"error": str(exc)}, exc.status_code, **extra)
     try:
         result = await relay.intake.accept(name, body, now)
-    except PayloadError as exc:
+    except PayloadError as exc:  # not a JSON object at all (NotJSONObject): stored nowhere
         log.warning("webhook source=%s malformed: %s", name, exc)
         return answer("malformed", {"error": str(exc)}, 400)
     except Exception as exc:  # StoreError or worse: nothing acked, the processor retries
@@ -212,15 +212,23 @@ async def receive(relay: Relay, request: Request) -> Response:
         return answer("store_error", {"error": "store unavailable, retry later"}, 503)
 
     parsed = result.parsed
-    tag = f"source={name} event={parsed.event_id} type={parsed.event_type}"
+    tag = f"source={name} event={parsed.event_id} type={parsed.event_type or '-'}"
+    if result.status == DUPLICATE:
+        log.info("webhook %s duplicate", tag)
+        return answer("duplicate", {"status": "duplicate", "event_id": parsed.event_id})
     if result.status == IGNORED:
         log.info("webhook %s ignored: %s", tag, result.reason)
         return answer("ignored", {"status": "ignored", "reason": result.reason})
+    if result.status == QUARANTINED:
+        # Stored, answered 200 so the processor stops retrying a body that will not
+        # parse (Stripe would disable the endpoint); `relay replay` reads it again later.
+        log.warning("webhook %s quarantined: %s", tag, result.reason)
+        return answer(
+            "quarantined",
+            {"status": "quarantined", "event_id": parsed.event_id, "reason": result.reason},
+        )
     recorded = result.recorded
     assert recorded is not None
-    if recorded.duplicate:
-        log.info("webhook %s duplicate", tag)
-        return answer("duplicate", {"status": "duplicate", "event_id": parsed.event_id})
     if recorded.deliveries and relay.worker is not None:
         relay.worker.wake()
     log.info(

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from relay.errors import PayloadError
-from relay.intake import ACCEPTED, DUPLICATE, IGNORED, Intake
+from relay.errors import NotJSONObject
+from relay.intake import ACCEPTED, DUPLICATE, IGNORED, QUARANTINED, Intake
 from relay.processors import Found, Processor, stamp
 
 WINDOW = 64  # events in flight at once (recorded in order; one group commit can take them all)
@@ -33,7 +33,9 @@ CHECKPOINT_SECONDS = 2.0  # how often an ascending run reports its progress
 
 NEW = "new"  # recorded (or, dry run, would be) at least one new conversion
 KNOWN = "known"  # a new event whose conversions the ledger already had (same order keys)
-UNREADABLE = "unreadable"  # the source cannot read the body (counted, never fatal)
+UNREADABLE = "unreadable"  # not even a JSON object: stored nowhere (counted, never fatal)
+# Also: duplicate (the event is in the ledger), ignored and quarantined (stored with that
+# status and its reason, as a webhook would be: `relay events`, `relay replay`).
 
 
 @dataclass(slots=True)
@@ -43,7 +45,7 @@ class Line:
     ref: str  # the processor's event id (or "orders/123")
     event_type: str
     at: float
-    outcome: str  # new | duplicate | known | ignored | unreadable
+    outcome: str  # new | duplicate | known | ignored | quarantined | unreadable
     detail: str = ""
     conversions: int = 0  # new conversions
     deliveries: int = 0
@@ -63,6 +65,7 @@ class Report:
     deliveries: int = 0
     duplicates: int = 0  # events already in the ledger, or whose conversions all were
     ignored: int = 0
+    quarantined: int = 0
     unreadable: int = 0
     last_at: float | None = None  # the latest event handled (ascending runs: the checkpoint)
     failed_event: bool = False  # an event could not be recorded (no checkpoint may pass it)
@@ -76,6 +79,8 @@ class Report:
             self.duplicates += 1
         elif line.outcome == IGNORED:
             self.ignored += 1
+        elif line.outcome == QUARANTINED:
+            self.quarantined += 1
         elif line.outcome == UNREADABLE:
             self.unreadable += 1
         self.last_at = line.at if self.last_at is None else max(self.last_at, line.at)
@@ -90,6 +95,8 @@ class Report:
         if not self.dry_run:
             text += f" ({self.deliveries} deliver{'y' if self.deliveries == 1 else 'ies'} planned)"
         text += f", {self.duplicates} already recorded, {self.ignored} ignored"
+        if self.quarantined:
+            text += f", {self.quarantined} quarantined"
         if self.unreadable:
             text += f", {self.unreadable} unreadable"
         return text
@@ -159,12 +166,15 @@ async def run(
 async def _record(intake: Intake, source: str, found: Found) -> Line:
     try:
         result = await intake.accept(source, found.body, time.time())
-    except PayloadError as exc:
+    except NotJSONObject as exc:
         return Line(found.ref, "?", found.at, UNREADABLE, f"unreadable: {exc}")
     parsed = result.parsed
-    line = Line(parsed.event_id or found.ref, parsed.event_type, found.at, result.status)
+    line = Line(parsed.event_id or found.ref, parsed.event_type or "?", found.at, result.status)
     if result.status == IGNORED:
         line.detail = f"ignored: {result.reason}"
+        return line
+    if result.status == QUARANTINED:
+        line.detail = f"quarantined: {result.reason}"
         return line
     recorded = result.recorded
     assert recorded is not None
@@ -190,15 +200,15 @@ async def _record(intake: Intake, source: str, found: Found) -> Line:
 
 async def _dry_run(intake: Intake, source: str, found: Found) -> Line:
     try:
-        parsed = intake.parse(source, found.body)
-    except PayloadError as exc:
+        reading = intake.read(source, found.body)
+    except NotJSONObject as exc:
         return Line(found.ref, "?", found.at, UNREADABLE, f"unreadable: {exc}")
-    line = Line(parsed.event_id or found.ref, parsed.event_type, found.at, IGNORED)
-    reason = intake.decide(source, parsed)
-    if reason is not None:
-        line.detail = f"ignored: {reason}"
+    parsed = reading.parsed
+    line = Line(parsed.event_id or found.ref, parsed.event_type or "?", found.at, reading.status)
+    if reading.status != ACCEPTED:
+        line.detail = f"would be {reading.status}: {reading.reason}"
         return line
-    keys = [(c.kind, c.order_key) for c in parsed.conversions]
+    keys = [(c.kind, c.order_key) for c in reading.conversions]
     known = await intake.store.existing(source, keys)
     new = [k for k in keys if k not in known]
     if new:

@@ -1,4 +1,5 @@
-"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate, backfill."""
+"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate,
+events, replay, backfill, resend."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import orjson
 from relay import logs
 from relay.errors import ConfigError, StoreError
 from relay.settings import Settings, load_settings
-from relay.store import FAILED, SKIPPED, STATUSES, open_store
+from relay.store import EVENT_STATUSES, FAILED, IGNORED, QUARANTINED, SKIPPED, STATUSES, open_store
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,9 +65,31 @@ def main(argv: list[str] | None = None) -> None:
         help="more passthrough metadata, e.g. pagent_session_id=…; repeatable",
     )
 
+    p = sub.add_parser("events", help="list stored webhooks (accepted, ignored, quarantined)")
+    p.add_argument("--status", choices=EVENT_STATUSES)
+    p.add_argument("--source")
+    p.add_argument("--since", help="received since: ISO 8601 date or time, or 48h / 7d")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--id", type=int, help="one event, with its raw body")
+
+    p = sub.add_parser(
+        "replay",
+        help="read stored webhooks again with the current code and configuration",
+        description="Re-read stored raw bodies (no re-verification) and record what is new."
+        " Without ids: ignored and quarantined events of the last 30 days."
+        " Safe to run twice: the ledger dedupes on order key.",
+    )
+    p.add_argument("ids", nargs="*", type=int, help="these stored events (`relay events`)")
+    p.add_argument("--status", choices=(IGNORED, QUARANTINED))
+    p.add_argument("--source")
+    p.add_argument("--since", help="received since (default 30d when no ids are given)")
+    p.add_argument("--dry-run", action="store_true", help="change nothing, say what would happen")
+
     p = sub.add_parser(
         "backfill",
-        help="record what a processor's API has for a period and the ledger lacks",
+        help="record what a processor's API has and the ledger lacks; or plan deliveries "
+        "to a destination added after the fact",
         description=BACKFILL_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,9 +97,21 @@ def main(argv: list[str] | None = None) -> None:
         "source", nargs="?", help="stripe, paddle, lemonsqueezy or chargebee: read its API"
     )
     p.add_argument("--destination", help="plan deliveries to this destination instead")
-    p.add_argument("--since", metavar="T", help="from T: 2026-11-30, 2026-11-30T08:00:00Z, 48h, 7d")
+    p.add_argument(
+        "--since", metavar="T", help="from T: 2026-11-30, 2026-11-30T08:00:00Z, 48h, 7d"
+    )
     p.add_argument("--until", metavar="T", help="up to T (default: now)")
     p.add_argument("--dry-run", action="store_true", help="record nothing; say what would be")
+
+    p = sub.add_parser(
+        "resend", help="send delivered deliveries again, with the same idempotency key"
+    )
+    p.add_argument("ids", nargs="+", type=int)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also for destinations that cannot deduplicate (pagent counts it twice)",
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -204,6 +239,9 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
             f"{r.kind:<22} {r.order_key}  {err}"
         )
     for n, a in enumerate(attempts, start=1):
+        if a.outcome == "resend":
+            print(f"  {_stamp(a.started_at)}  {a.detail}")
+            continue
         code = a.status_code if a.status_code is not None else "-"
         print(
             f"  attempt {n}: {_stamp(a.started_at)}  {a.outcome:<9} HTTP {code}  "
@@ -261,8 +299,200 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(1)
 
 
+def _since(text: str | None, now: float, flag: str = "--since") -> float | None:
+    from relay.when import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text, now)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def _body_text(body: bytes) -> str:
+    """The raw body, pretty-printed when it is JSON."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", errors="replace")
+
+
+def events(settings: Settings, args: argparse.Namespace) -> None:
+    now = time.time()
+    since = _since(args.since, now)
+
+    async def run() -> list[Any]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            if args.id is not None:
+                return await store.events(ids=[args.id], with_body=True)
+            statuses = [args.status] if args.status else []
+            return await store.events(statuses, args.source, since, args.limit)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(run())
+    if args.json:
+        for row in rows:
+            item = {k: getattr(row, k) for k in row.__dataclass_fields__ if k != "body"}
+            if args.id is not None and row.body is not None:
+                item["body"] = row.body.decode("utf-8", errors="replace")
+            print(orjson.dumps(item).decode())
+        return
+    if not rows:
+        if args.id is not None:
+            print(f"no stored event with id {args.id}", file=sys.stderr)
+            sys.exit(1)
+        print("no events")
+        return
+    if args.id is not None:
+        row = rows[0]
+        for label, value in (
+            ("id", row.id),
+            ("source", row.source),
+            ("event id", row.event_id),
+            ("type", row.event_type or "-"),
+            ("status", row.status),
+            ("reason", row.reason or "-"),
+            ("received", _stamp(row.received_at)),
+            ("replayed", _stamp(row.replayed_at) if row.replayed_at else "never"),
+        ):
+            print(f"{label + ':':<10} {value}")
+        print("body:")
+        print(_body_text(row.body or b""))
+        return
+    print(
+        f"{'ID':>7}  {'SOURCE':<12} {'STATUS':<11} {'RECEIVED':<19}  {'TYPE':<34} EVENT ID  REASON"
+    )
+    for r in rows:
+        reason = (r.reason or "").replace("\n", " ")[:120]
+        print(
+            f"{r.id:>7}  {r.source:<12} {r.status:<11} {_stamp(r.received_at):<19}  "
+            f"{(r.event_type or '-')[:34]:<34} {r.event_id}  {reason}"
+        )
+
+
+def _intake(settings: Settings, store: Any) -> Any:
+    from relay.destinations import build_destinations
+    from relay.intake import Intake
+    from relay.sources import build_sources
+
+    return Intake(settings, store, build_sources(settings), build_destinations(settings))
+
+
+def replay(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import replay as replaying
+
+    now = time.time()
+    chosen = bool(args.ids or args.status or args.source or args.since)
+    since = _since(args.since, now)
+    if since is None and not args.ids:
+        since = _since(replaying.DEFAULT_SINCE, now)
+    statuses = [args.status] if args.status else ([] if args.ids else replaying.DEFAULT_STATUSES)
+
+    async def run() -> replaying.Summary:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            intake = _intake(settings, store)
+            selected = await replaying.select(intake, args.ids, statuses, args.source, since)
+            if not chosen:
+                print(
+                    f"replaying ignored and quarantined events received since"
+                    f" {_stamp(since)} UTC (give ids, --status, --source or --since to choose)"
+                )
+            return await replaying.replay(
+                intake, selected, now, args.dry_run, lambda line: print(line, flush=True)
+            )
+        finally:
+            await store.close()
+
+    print(replaying.summarize(asyncio.run(run()), args.dry_run))
+
+
+def backfill(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill <source>` or `relay backfill --destination D`."""
+    if args.source and args.destination:
+        raise ConfigError("give either a source or --destination D, not both")
+    if args.destination:
+        backfill_destination(settings, args)
+    else:
+        backfill_source(settings, args)
+
+
+def backfill_destination(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill --destination D`: deliveries for conversions D has none for."""
+    from relay import redeliver
+    from relay.destinations import build_destinations
+
+    destinations = build_destinations(settings)
+    dest = destinations.get(args.destination)
+    if dest is None:
+        configured = ", ".join(destinations) or "none"
+        raise ConfigError(
+            f"destination {args.destination!r} is not configured (configured: {configured})"
+        )
+    now = time.time()
+    since = _since(args.since, now)
+    if since is None:
+        since = redeliver.default_since(args.destination, dest, now)
+    until = _since(args.until, now, "--until")
+
+    async def run() -> redeliver.Plan:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await redeliver.backfill_destination(
+                store, args.destination, dest, since, until, now, args.dry_run
+            )
+        finally:
+            await store.close()
+
+    for line in redeliver.report(asyncio.run(run()), args.dry_run):
+        print(line)
+
+
+def resend(settings: Settings, args: argparse.Namespace) -> None:
+    from relay import redeliver
+    from relay.destinations import build_destinations
+
+    destinations = build_destinations(settings)
+
+    async def run() -> tuple[list[Any], list[str], list[int]]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            ok, refused = await redeliver.check_resend(store, args.ids, destinations, args.force)
+            if refused:  # bad input changes nothing
+                return ok, refused, []
+            return ok, refused, await redeliver.resend(store, ok)
+        finally:
+            await store.close()
+
+    ok, refused, resent = asyncio.run(run())
+    if refused:
+        for line in refused:
+            print(f"relay: {line}", file=sys.stderr)
+        print("relay: nothing was resent", file=sys.stderr)
+        sys.exit(1)
+    for row in ok:
+        if row.id in resent:
+            print(f"resending delivery {row.id} to {row.destination} ({row.kind}:{row.order_key})")
+    lost = [row.id for row in ok if row.id not in resent]
+    if lost:
+        print(
+            f"relay: {', '.join(map(str, lost))} changed meanwhile and"
+            f" {'was' if len(lost) == 1 else 'were'} not resent (see `relay deliveries --id N`)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
 BACKFILL_HELP = """\
 relay backfill <source> --since T [--until T] [--dry-run]
+relay backfill --destination D [--since T] [--until T] [--dry-run]
 
 Reads the processor's API for the period and records every conversion the ledger does
 not have yet, exactly as if its webhook had arrived: the same event ids and order keys,
@@ -280,12 +510,17 @@ It prints one line per event found and a summary (new conversions, already recor
 ignored). Each event is recorded on its own: an interrupted run is resumed by running the
 same command again. An API error stops it with a message and exit status 1.
 
+With --destination D instead of a source, it plans a delivery to D for every conversion
+recorded since T that D has none for (a destination added after the fact), within D's own
+rules (the kinds it takes, its age window: Simmer's 7 days, the default --since).
+
 T is an ISO 8601 date or time (UTC when it has no offset) or a span back from now:
 90m, 48h, 7d, 2w.
 """
 
 
-def backfill(settings: Settings, args: argparse.Namespace) -> None:
+def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill <source>`: the processor's API for a period, as if its webhooks came."""
     from relay.backfill import Report, run
     from relay.destinations import build_destinations
     from relay.errors import ProcessorAPIError
@@ -294,8 +529,6 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
     from relay.sources import source_for
     from relay.when import parse_time
 
-    if args.destination:
-        raise ConfigError("relay backfill --destination is not part of this build")
     if not args.source:
         raise ConfigError("give a source (stripe, paddle, lemonsqueezy, chargebee) and --since")
     if args.source not in PROCESSORS:
@@ -374,5 +607,8 @@ COMMANDS = {
     "deliveries": deliveries,
     "retry": retry,
     "simulate": simulate,
+    "events": events,
+    "replay": replay,
     "backfill": backfill,
+    "resend": resend,
 }

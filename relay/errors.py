@@ -3,7 +3,9 @@
     RelayError
     ├── ConfigError      the configuration is invalid: `relay` refuses to start
     ├── SignatureError   a webhook failed verification: 400 (401 for Basic auth), nothing stored
-    ├── PayloadError     a verified webhook cannot be understood: 400, nothing stored
+    ├── PayloadError     a verified JSON object cannot become conversions: quarantined
+    │   │                (stored, answered 200 "quarantined", never delivered)
+    │   └── NotJSONObject  the verified body is not a JSON object at all: 400, nothing stored
     ├── StoreError       the ledger cannot be read or written: 503, the processor retries
     ├── EnrichmentUnavailable  a processor API look-up failed in a way that may pass
     │                    (transport error, timeout, 429, 5xx): the worker retries the
@@ -37,7 +39,19 @@ class AuthError(SignatureError):
 
 
 class PayloadError(RelayError):
-    """The verified body is malformed or carries values relay cannot relay exactly."""
+    """The verified body is malformed or carries values relay cannot relay exactly.
+
+    `event_id` and `event_type` are set when the envelope was readable before the
+    failure (`relay.sources.dispatch` fills them in), so a quarantined event keeps the
+    processor's own id."""
+
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+class NotJSONObject(PayloadError):
+    """The body is not a JSON object (not JSON, an array, nested beyond the parser's
+    limit): no processor sends one, so it is refused with a 400 and stored nowhere."""
 
 
 class StoreError(RelayError):

@@ -189,9 +189,9 @@ class Reconciler:
             await self._done(source, time.time(), end, None)
             log.info(
                 "reconcile source=%s window=%s..%s events=%d new=%d already=%d ignored=%d "
-                "unreadable=%d took=%.1fs",
+                "quarantined=%d unreadable=%d took=%.1fs",
                 source, stamp(start), stamp(end), report.events, report.new,
-                report.duplicates, report.ignored, report.unreadable, took,
+                report.duplicates, report.ignored, report.quarantined, report.unreadable, took,
             )
             return "ok"
         await self._done(source, time.time(), None, error)

@@ -110,11 +110,15 @@ def test_three_decimal_currency_is_exact(relay, simmer, impact):
     assert impact.accepted[0].parsed["OrderSubTotalPostDiscount"] == "12.35"
 
 
-def test_unknown_currency_is_400_and_stores_nothing(relay, tmp_path):
-    response = relay.post_stripe(checkout_event(currency="xyz"))
-    assert response.status_code == 400
-    assert "currency" in response.json()["error"]
-    assert sqlite_count(tmp_path / "relay.db", "events") == 0
+def test_unknown_currency_is_quarantined_and_never_delivered(relay, tmp_path):
+    event = checkout_event(currency="xyz")
+    response = relay.post_stripe(event)
+    assert response.status_code == 200
+    assert response.json() == {"status": "quarantined", "event_id": event["id"],
+                               "reason": "unknown currency code 'xyz'"}
+    assert sqlite_count(tmp_path / "relay.db", "events") == 1
+    assert sqlite_count(tmp_path / "relay.db", "conversions") == 0
+    assert relay.deliveries() == []
 
 
 def test_same_event_three_times_and_same_session_under_new_event_id(relay, simmer, impact, tmp_path):
@@ -199,13 +203,15 @@ def test_bad_signatures_are_400_and_store_nothing(relay, tmp_path):
     assert relay.deliveries() == []
 
 
-def test_malformed_body_after_valid_signature_is_400(relay, tmp_path):
-    body = b'{"id": "evt_1", "object": "event"'
+def test_malformed_body_after_valid_signature(relay, tmp_path):
+    body = b'{"id": "evt_1", "object": "event"'  # not JSON: 400, stored nowhere
     assert relay.post("stripe", body, stripe_headers(body)).status_code == 400
-    body = b'{"id": "evt_1", "object": "event", "type": "checkout.session.completed"}'
-    response = relay.post("stripe", body, stripe_headers(body))
-    assert response.status_code == 400 and "data.object" in response.json()["error"]
     assert sqlite_count(tmp_path / "relay.db", "events") == 0
+    body = b'{"id": "evt_1", "object": "event", "type": "checkout.session.completed"}'
+    response = relay.post("stripe", body, stripe_headers(body))  # a shape relay does not know
+    assert response.status_code == 200 and response.json()["status"] == "quarantined"
+    assert "data.object" in response.json()["reason"]
+    assert sqlite_count(tmp_path / "relay.db", "events") == 1
 
 
 def test_body_limit_unknown_and_unconfigured_sources(relay):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
@@ -54,6 +54,9 @@ class Destination:
     # `build_batch`: the worker then sends up to `max_batch` due deliveries in
     # one request and settles each of them from the one response.
     max_batch: ClassVar[int] = 1
+    # The oldest conversion the API takes (Simmer: 7 days), if it has such a window:
+    # `relay backfill --destination` plans nothing older and defaults `--since` to it.
+    max_age: ClassVar[timedelta | None] = None
 
     def __init__(self, settings: DestinationSettings) -> None:
         self.settings = settings

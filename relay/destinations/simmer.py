@@ -42,6 +42,7 @@ def order_id(order_key: str) -> str:
 class Simmer(Destination):
     name = "simmer"
     settings: SimmerSettings
+    max_age = MAX_AGE - AGE_MARGIN
 
     def build(self, conversion: Conversion, now: datetime) -> httpx.Request | Skip:
         email = conversion.customer.email
@@ -54,7 +55,7 @@ class Simmer(Destination):
         if not Decimal(0) <= conversion.total <= MAX_REVENUE:
             return Skip(f"revenue {fmt(conversion.total)} is outside Simmer's 0–1,000,000 range")
         occurred = min(conversion.occurred_at, now)
-        if now - occurred > MAX_AGE - AGE_MARGIN:
+        if now - occurred > self.max_age:
             return Skip("conversion is older than Simmer's 7-day window")
         body: dict[str, object] = {
             "project_id": self.settings.project_id,

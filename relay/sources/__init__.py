@@ -6,8 +6,10 @@ later without re-verifying:
 - `verify(body, headers, now)` raises SignatureError (or AuthError) unless the
   raw bytes are authentic. It runs before anything is parsed.
 - `parse(body)` returns a ParsedEvent: the processor's event id and type, and
-  0..n Conversions, or an `ignored` reason. It raises PayloadError on a body it
-  cannot read exactly (bad JSON, unknown currency, missing amounts).
+  0..n Conversions, or an `ignored` reason. It raises NotJSONObject on a body
+  that is not a JSON object, and PayloadError on one it cannot read exactly
+  (unknown currency, a shape it does not know, missing amounts): Intake then
+  quarantines the event.
 
 Sources never do network I/O; enrichment (API look-ups) happens in the worker.
 """
@@ -24,11 +26,14 @@ import orjson
 
 from relay import money
 from relay.conversion import Conversion
-from relay.errors import PayloadError
+from relay.errors import NotJSONObject, PayloadError
 
 # Envelope key set by `relay simulate` on samples for processors without a test flag
 # (Paddle, Chargebee) so a simulated event is test-mode like Stripe's and LS's.
 SIMULATED_KEY = "relay_simulated"
+
+# A shape no check in a parser foresaw is still the payload's fault, never a 500.
+UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
 
 
 @dataclass(slots=True)
@@ -61,13 +66,25 @@ def dispatch(
     """Find the handler for `parsed.event_type` and fill `parsed` from `run(handler)`.
 
     No handler: ignored, "<noun> '<type>' is not relayed". A str result is the
-    ignored reason; otherwise the conversion, or the list of them.
+    ignored reason; otherwise the conversion, or the list of them. A handler that
+    cannot read its object raises PayloadError carrying the event's id and type, so
+    the quarantined event keeps them.
     """
     handler = handlers.get(parsed.event_type)
     if handler is None:
         parsed.ignored = f"{noun} {parsed.event_type[:64]!r} is not relayed"
         return parsed
-    result = run(handler)
+    try:
+        result = run(handler)
+    except PayloadError as exc:
+        exc.event_id, exc.event_type = parsed.event_id, parsed.event_type
+        raise
+    except UNREADABLE as exc:
+        raise unreadable(
+            f"cannot read the {parsed.event_type[:64]!r} event ({type(exc).__name__})",
+            parsed.event_id,
+            parsed.event_type,
+        ) from None
     if isinstance(result, str):
         parsed.ignored = result
     elif isinstance(result, Conversion):
@@ -88,13 +105,23 @@ def event_envelope(
     event_type = text(event.get("event_type"))
     payload = event.get(payload_key)
     if not event_id or not event_type or not isinstance(payload, dict):
-        raise PayloadError(
-            f"not a {processor} event: {id_key}, event_type or {payload_key} is missing"
+        raise unreadable(
+            f"not a {processor} event: {id_key}, event_type or {payload_key} is missing",
+            event_id,
+            event_type,
         )
     parsed = ParsedEvent(
         event_id=event_id, event_type=event_type, livemode=event.get(SIMULATED_KEY) is not True
     )
     return event, payload, parsed
+
+
+def unreadable(message: str, event_id: str | None, event_type: str | None) -> PayloadError:
+    """A PayloadError that keeps what the envelope did say (a quarantined event is then
+    stored under the processor's own id)."""
+    error = PayloadError(message)
+    error.event_id, error.event_type = event_id, event_type
+    return error
 
 
 def amount(value: Any, currency: str, name: str, required: bool = False) -> Decimal | None:
@@ -122,9 +149,9 @@ def load_json(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise PayloadError("body is not valid JSON") from None
+        raise NotJSONObject("body is not valid JSON") from None
     if not isinstance(data, dict):
-        raise PayloadError("body is not a JSON object")
+        raise NotJSONObject("body is not a JSON object")
     return data
 
 

@@ -62,6 +62,7 @@ from relay.sources import (
     string_map,
     text,
     unix_time,
+    unreadable,
 )
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -115,12 +116,16 @@ class StripeSource:
         event_type = text(event.get("type"))
         obj = dig(event, "data", "object")
         if not event_id or not event_type or not isinstance(obj, dict):
-            raise PayloadError("not a Stripe event: id, type or data.object is missing")
+            raise unreadable(
+                "not a Stripe event: id, type or data.object is missing", event_id, event_type
+            )
         livemode = bool(event.get("livemode", obj.get("livemode", True)))
         parsed = ParsedEvent(event_id=event_id, event_type=event_type, livemode=livemode)
-        created = unix_time(event.get("created"), "created")
 
-        return dispatch(parsed, HANDLERS, lambda handler: handler(event, obj, created, livemode))
+        def run(handler: Any) -> Any:
+            return handler(event, obj, unix_time(event.get("created"), "created"), livemode)
+
+        return dispatch(parsed, HANDLERS, run)
 
 
 # ------------------------------------------------------------ checkout

@@ -9,6 +9,16 @@ Delivery life cycle:
     pending ──claim (lease)──▶ in flight ──settle──▶ delivered | failed | skipped
        ▲                           │                 (or back to pending at T)
        └──── lease expired ────────┘  (a crashed worker's claims come back)
+
+Every verified webhook is an event row with its raw body and a status:
+
+    accepted      its conversions are in the ledger
+    ignored       valid, not relayed (test mode, an event type not relayed, unpaid, …)
+    quarantined   a JSON object relay could not turn into conversions (unknown
+                  currency, unknown shape, missing amount, …): nothing delivered
+
+`relay replay` re-parses stored bodies (`events`, `replay`); a replay never turns an
+accepted event back into ignored or quarantined.
 """
 
 from __future__ import annotations
@@ -27,6 +37,13 @@ FAILED = "failed"
 SKIPPED = "skipped"
 STATUSES = (PENDING, DELIVERED, FAILED, SKIPPED)
 
+ACCEPTED = "accepted"
+IGNORED = "ignored"
+QUARANTINED = "quarantined"
+EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED)
+RESEND = "resend"  # the outcome of the attempt-log line `resend` writes
+RESEND_DETAIL = "manual resend (relay resend): same idempotency key, fresh attempt budget"
+
 
 @dataclass(slots=True)
 class EventRecord:
@@ -35,6 +52,23 @@ class EventRecord:
     event_type: str
     received_at: float
     body: bytes
+    status: str = ACCEPTED  # one of EVENT_STATUSES
+    reason: str | None = None  # why it is ignored or quarantined
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An event row as `events` lists it; `body` only when asked for."""
+
+    id: int
+    source: str
+    event_id: str
+    event_type: str
+    status: str
+    reason: str | None
+    received_at: float
+    replayed_at: float | None
+    body: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -64,7 +98,7 @@ class Claim:
 class Attempt:
     started_at: float
     duration_ms: float
-    outcome: str  # delivered | retry | failed | ambiguous | skipped | deferred
+    outcome: str  # delivered | retry | failed | ambiguous | skipped | deferred | resend
     status_code: int | None = None
     detail: str = ""
 
@@ -142,9 +176,74 @@ class Store(abc.ABC):
         conversions: Sequence[Conversion],
         destinations_for: Callable[[Conversion], Sequence[str]],
     ) -> Recorded:
-        """In one transaction: the event (deduped on source + event id), each conversion
-        (deduped on source + kind + order key) and, for each new conversion, one pending
-        delivery per destination. Durable when it returns."""
+        """In one transaction: the event (deduped on source + event id) with its status
+        and reason, each conversion (deduped on source + kind + order key) and, for each
+        new conversion, one pending delivery per destination. Durable when it returns.
+        An ignored or quarantined event comes with no conversions (same group commit)."""
+
+    @abc.abstractmethod
+    async def events(
+        self,
+        statuses: Sequence[str] = (),
+        source: str | None = None,
+        since: float | None = None,
+        limit: int | None = 50,
+        ids: Sequence[int] = (),
+        with_body: bool = False,
+        oldest_first: bool = False,
+    ) -> list[StoredEvent]:
+        """Stored events by time received, newest first (oldest first for replay),
+        filtered by status, source, received at or after `since`, and row ids.
+        `limit=None`: all of them. Bodies only `with_body`."""
+
+    @abc.abstractmethod
+    async def replay(
+        self,
+        event_row: int,
+        status: str,
+        reason: str | None,
+        event_id: str,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+        now: float,
+        dry_run: bool = False,
+    ) -> Recorded:
+        """In one transaction: set the stored event's status, reason and replayed_at (and
+        its event id, when a quarantined body that had only a synthetic id now reads and
+        no other row holds that id), then record the conversions as `record` does, under
+        this event (deduped on order key; deliveries only for new conversions).
+        `dry_run`: everything is rolled back and the Recorded says what would be done."""
+
+    @abc.abstractmethod
+    async def conversions_by_key(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Conversion]:
+        """The recorded conversions for these (source, kind, order key)s."""
+
+    @abc.abstractmethod
+    async def without_delivery(
+        self,
+        destination: str,
+        since: float,
+        until: float | None = None,
+        after: int = 0,
+        limit: int = 500,
+    ) -> list[tuple[int, Conversion]]:
+        """(conversion row id, conversion) for conversions recorded in [since, until) that
+        have no delivery to `destination`, by row id ascending, ids > `after` (paging)."""
+
+    @abc.abstractmethod
+    async def add_deliveries(
+        self, destination: str, conversion_ids: Sequence[int], now: float
+    ) -> int:
+        """One pending delivery to `destination` for each of these conversions that has
+        none yet; how many were added."""
+
+    @abc.abstractmethod
+    async def resend(self, ids: Sequence[int], now: float) -> list[int]:
+        """Put these deliveries back to pending, now, with a fresh attempt budget — only
+        those still `delivered` — keeping their attempt history plus one `resend` line.
+        Returns the ids requeued."""
 
     @abc.abstractmethod
     async def claim(

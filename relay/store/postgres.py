@@ -60,8 +60,11 @@ from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
+    DELIVERED,
     FAILED,
     PENDING,
+    RESEND,
+    RESEND_DETAIL,
     Attempt,
     Claim,
     DeliveryRow,
@@ -70,11 +73,12 @@ from relay.store import (
     Recorded,
     Settlement,
     Store,
+    StoredEvent,
     customer_key,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 3  # 3: reconcile_state (created by postgres.sql's CREATE TABLE IF NOT EXISTS)
+SCHEMA_VERSION = 4  # 4: reconcile_state (created by postgres.sql's CREATE TABLE IF NOT EXISTS)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 POOL_MIN = 1
@@ -124,8 +128,9 @@ def lock_key(source: str, prefix: str) -> int:
 
 
 _EVENTS_SQL = (
-    "INSERT INTO events (source, event_id, event_type, received_at, body)"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[])"
+    "INSERT INTO events (source, event_id, event_type, received_at, body, status, reason)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[],"
+    " %b::text[], %b::text[])"
     " ON CONFLICT (source, event_id) DO NOTHING RETURNING id, source, event_id"
 )
 _CUSTOMERS_SQL = (
@@ -435,6 +440,8 @@ class PostgresStore(Store):
                     [batch[events[k]].event.event_type for k in event_order],
                     [batch[events[k]].event.received_at for k in event_order],
                     [batch[events[k]].event.body for k in event_order],
+                    [batch[events[k]].event.status for k in event_order],
+                    [batch[events[k]].event.reason for k in event_order],
                 ),
             )
             cust_cur = ex_cur = earlier_cur = None
@@ -594,17 +601,37 @@ class PostgresStore(Store):
     ) -> Recorded:
         """One call on its own, inside the caller's transaction (or savepoint)."""
         cur = await conn.execute(
-            "INSERT INTO events (source, event_id, event_type, received_at, body)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (source, event_id) DO NOTHING"
+            "INSERT INTO events (source, event_id, event_type, received_at, body, status, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source, event_id) DO NOTHING"
             " RETURNING id",
-            (event.source, event.event_id, event.event_type, event.received_at, event.body),
+            (
+                event.source,
+                event.event_id,
+                event.event_type,
+                event.received_at,
+                event.body,
+                event.status,
+                event.reason,
+            ),
         )
         row = await cur.fetchone()
         if row is None:
             return Recorded(duplicate=True)
-        event_row = row[0]
+        return await self._record_conversions(
+            conn, row[0], event.received_at, conversions, destinations_for
+        )
+
+    async def _record_conversions(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        event_row: int,
+        now: float,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+    ) -> Recorded:
+        """The conversions of one event (row `event_row`), deduped, and their deliveries,
+        inside the caller's transaction."""
         result = Recorded(duplicate=False)
-        now = event.received_at
         rows: list[tuple[int, str]] = []
         for conversion in conversions:
             prefix = refunds.earlier_prefix(conversion)
@@ -859,6 +886,182 @@ class PostgresStore(Store):
             Attempt(started, ms, outcome, code, detail or "")
             for started, ms, outcome, code, detail in rows
         ]
+
+    async def events(
+        self,
+        statuses: Sequence[str] = (),
+        source: str | None = None,
+        since: float | None = None,
+        limit: int | None = 50,
+        ids: Sequence[int] = (),
+        with_body: bool = False,
+        oldest_first: bool = False,
+    ) -> list[StoredEvent]:
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if statuses:
+            where.append(sql.SQL("status = ANY(%s)"))
+            args.append(list(statuses))
+        if source:
+            where.append(sql.SQL("source = %s"))
+            args.append(source)
+        if since is not None:
+            where.append(sql.SQL("received_at >= %s"))
+            args.append(since)
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            args.append([int(i) for i in ids])
+        order = sql.SQL("ASC" if oldest_first else "DESC")
+        query = sql.SQL(
+            "SELECT id, source, event_id, event_type, status, reason, received_at, replayed_at"
+            "{body} FROM events {where} ORDER BY received_at {order}, id {order} {limit}"
+        ).format(
+            body=sql.SQL(", body" if with_body else ""),
+            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+            order=order,
+            limit=sql.SQL("LIMIT %s") if limit is not None else sql.SQL(""),
+        )
+        if limit is not None:
+            args.append(limit)
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(query, args)
+            rows = await cur.fetchall()
+        found = [StoredEvent(*row[:8]) for row in rows]
+        if with_body:
+            for event, row in zip(found, rows, strict=True):
+                event.body = bytes(row[8])
+        return found
+
+    async def replay(
+        self,
+        event_row: int,
+        status: str,
+        reason: str | None,
+        event_id: str,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+        now: float,
+        dry_run: bool = False,
+    ) -> Recorded:
+        result: Recorded | None = None
+        async with self._conn("replay failed") as conn:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cur = await conn.execute(
+                    "UPDATE events SET status = %s, reason = %s, replayed_at = %s WHERE id = %s"
+                    " RETURNING source, event_id",
+                    (status, reason, now, event_row),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    raise StoreError(f"event {event_row} is not in the ledger")
+                if event_id != row[1]:
+                    await conn.execute(
+                        "UPDATE events SET event_id = %s WHERE id = %s AND NOT EXISTS"
+                        " (SELECT 1 FROM events WHERE source = %s AND event_id = %s)",
+                        (event_id, event_row, row[0], event_id),
+                    )
+                result = await self._record_conversions(
+                    conn, event_row, now, conversions, destinations_for
+                )
+                if dry_run:  # done, reported, undone (the notify goes with it)
+                    raise psycopg.Rollback()
+        assert result is not None
+        return result
+
+    async def conversions_by_key(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Conversion]:
+        if not keys:
+            return {}
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT c.source, c.kind, c.order_key, c.data"
+                " FROM unnest(%s::text[], %s::text[], %s::text[]) AS t (source, kind, order_key)"
+                " JOIN conversions c USING (source, kind, order_key)",
+                ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            )
+            rows = await cur.fetchall()
+        return {
+            (src, kind, key): Conversion.from_json(bytes(data)) for src, kind, key, data in rows
+        }
+
+    async def without_delivery(
+        self,
+        destination: str,
+        since: float,
+        until: float | None = None,
+        after: int = 0,
+        limit: int = 500,
+    ) -> list[tuple[int, Conversion]]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT c.id, c.data FROM conversions c"
+                " WHERE c.id > %s AND c.created_at >= %s"
+                " AND (%s::double precision IS NULL OR c.created_at < %s)"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d"
+                "                 WHERE d.conversion_id = c.id AND d.destination = %s)"
+                " ORDER BY c.id LIMIT %s",
+                (after, since, until, until, destination, limit),
+            )
+            rows = await cur.fetchall()
+        return [(row_id, Conversion.from_json(bytes(data))) for row_id, data in rows]
+
+    async def add_deliveries(
+        self, destination: str, conversion_ids: Sequence[int], now: float
+    ) -> int:
+        if not conversion_ids:
+            return 0
+        async with self._conn("planning deliveries failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
+                " created_at, updated_at)"
+                " SELECT c.id, %s, %s, %s, %s, %s FROM conversions c"
+                " WHERE c.id = ANY(%s::bigint[])"
+                " ON CONFLICT (conversion_id, destination) DO NOTHING",
+                (destination, PENDING, now, now, now, [int(i) for i in conversion_ids]),
+            )
+            count = cur.rowcount
+            if count:
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return count
+
+    async def resend(self, ids: Sequence[int], now: float) -> list[int]:
+        if not ids:
+            return []
+        async with self._conn("resend failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                """
+                WITH old AS (
+                    SELECT id, attempts FROM deliveries
+                     WHERE id = ANY(%(ids)s::bigint[]) AND status = %(delivered)s
+                       FOR UPDATE
+                ), requeued AS (
+                    UPDATE deliveries d
+                       SET status = 'pending', attempts = 0, next_attempt_at = %(now)s,
+                           sent_attempt = NULL, lease_until = NULL, lease_token = NULL,
+                           recovered = false, in_doubt = false, updated_at = %(now)s
+                      FROM old WHERE d.id = old.id
+                    RETURNING d.id
+                ), logged AS (
+                    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
+                                          outcome, status_code, detail)
+                    SELECT id, attempts, %(now)s, 0, %(outcome)s, NULL, %(detail)s FROM old
+                )
+                SELECT id FROM requeued ORDER BY id
+                """,
+                {
+                    "ids": [int(i) for i in ids],
+                    "delivered": DELIVERED,
+                    "now": now,
+                    "outcome": RESEND,
+                    "detail": RESEND_DETAIL,
+                },
+            )
+            resent = [row[0] for row in await cur.fetchall()]
+            if resent:
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return resent
 
     async def requeue(
         self,

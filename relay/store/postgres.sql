@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 1).
+-- relay ledger, PostgreSQL flavour (schema version 4).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -13,6 +13,14 @@ CREATE TABLE IF NOT EXISTS events (
     body        bytea            NOT NULL,
     UNIQUE (source, event_id)
 );
+
+-- version 3: every verified webhook is kept with a status (accepted | ignored |
+-- quarantined), a reason and when it was last replayed; rows from before were accepted
+ALTER TABLE events ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'accepted';
+ALTER TABLE events ADD COLUMN IF NOT EXISTS reason text;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS replayed_at double precision;
+CREATE INDEX IF NOT EXISTS events_status ON events (status, received_at);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 
 CREATE TABLE IF NOT EXISTS conversions (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -71,7 +79,7 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
 
--- version 3 (backfill): each source's reconcile high-water mark, last outcome and lease
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
 CREATE TABLE IF NOT EXISTS reconcile_state (
     source          text             PRIMARY KEY,
     mark            double precision,

@@ -39,8 +39,11 @@ from relay import refunds
 from relay.conversion import REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
+    DELIVERED,
     FAILED,
     PENDING,
+    RESEND,
+    RESEND_DETAIL,
     Attempt,
     Claim,
     DeliveryRow,
@@ -49,14 +52,31 @@ from relay.store import (
     Recorded,
     Settlement,
     Store,
+    StoredEvent,
     customer_key,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 3  # 3: reconcile_state (created by sqlite.sql's CREATE TABLE IF NOT EXISTS)
+SCHEMA_VERSION = 4  # 4: reconcile_state (created by sqlite.sql's CREATE TABLE IF NOT EXISTS)
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
+
+
+def _upgrade_event_status(conn: sqlite3.Connection) -> None:
+    """Schema 3: every verified webhook is kept with a status (accepted | ignored |
+    quarantined), a reason and when it was last replayed. Rows from before were all
+    accepted. Idempotent: columns are added only when missing."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    for column, kind in (
+        ("status", "TEXT NOT NULL DEFAULT 'accepted'"),
+        ("reason", "TEXT"),
+        ("replayed_at", "REAL"),
+    ):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
+    conn.execute("CREATE INDEX IF NOT EXISTS events_status ON events (status, received_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS events_received ON events (received_at)")
 
 
 class SQLiteStore(Store):
@@ -151,6 +171,7 @@ class SQLiteStore(Store):
             ):
                 if column not in columns:  # version 1 → 2
                     conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
+            _upgrade_event_status(conn)
             if row[0] != SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -342,6 +363,59 @@ class SQLiteStore(Store):
     ) -> Recorded:
         return await self._call(_record, event, conversions, destinations_for)
 
+    async def events(
+        self,
+        statuses: Sequence[str] = (),
+        source: str | None = None,
+        since: float | None = None,
+        limit: int | None = 50,
+        ids: Sequence[int] = (),
+        with_body: bool = False,
+        oldest_first: bool = False,
+    ) -> list[StoredEvent]:
+        return await self._call(
+            _events, tuple(statuses), source, since, limit, tuple(ids), with_body, oldest_first
+        )
+
+    async def replay(
+        self,
+        event_row: int,
+        status: str,
+        reason: str | None,
+        event_id: str,
+        conversions: Sequence[Conversion],
+        destinations_for: Callable[[Conversion], Sequence[str]],
+        now: float,
+        dry_run: bool = False,
+    ) -> Recorded:
+        args = (event_row, status, reason, event_id, conversions, destinations_for, now, dry_run)
+        return await self._call(_replay, *args)
+
+    async def conversions_by_key(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Conversion]:
+        return await self._call(_conversions_by_key, tuple(keys)) if keys else {}
+
+    async def without_delivery(
+        self,
+        destination: str,
+        since: float,
+        until: float | None = None,
+        after: int = 0,
+        limit: int = 500,
+    ) -> list[tuple[int, Conversion]]:
+        return await self._call(_without_delivery, destination, since, until, after, limit)
+
+    async def add_deliveries(
+        self, destination: str, conversion_ids: Sequence[int], now: float
+    ) -> int:
+        if not conversion_ids:
+            return 0
+        return await self._call(_add_deliveries, destination, tuple(conversion_ids), now)
+
+    async def resend(self, ids: Sequence[int], now: float) -> list[int]:
+        return await self._call(_resend, tuple(ids), now) if ids else []
+
     async def claim(
         self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
     ) -> list[Claim]:
@@ -433,15 +507,35 @@ def _record(
     destinations_for: Callable[[Conversion], Sequence[str]],
 ) -> Recorded:
     cur = conn.execute(
-        "INSERT INTO events (source, event_id, event_type, received_at, body) VALUES (?,?,?,?,?)"
-        " ON CONFLICT (source, event_id) DO NOTHING",
-        (event.source, event.event_id, event.event_type, event.received_at, event.body),
+        "INSERT INTO events (source, event_id, event_type, received_at, body, status, reason)"
+        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (source, event_id) DO NOTHING",
+        (
+            event.source,
+            event.event_id,
+            event.event_type,
+            event.received_at,
+            event.body,
+            event.status,
+            event.reason,
+        ),
     )
     if cur.rowcount == 0:
         return Recorded(duplicate=True)
-    event_row = cur.lastrowid
+    assert cur.lastrowid is not None
+    return _record_conversions(
+        conn, cur.lastrowid, event.received_at, conversions, destinations_for
+    )
+
+
+def _record_conversions(
+    conn: sqlite3.Connection,
+    event_row: int,
+    now: float,
+    conversions: Sequence[Conversion],
+    destinations_for: Callable[[Conversion], Sequence[str]],
+) -> Recorded:
+    """The conversions of one event (row `event_row`), deduped, and their deliveries."""
     result = Recorded(duplicate=False)
-    now = event.received_at
     for conversion in conversions:
         prefix = refunds.earlier_prefix(conversion)
         if prefix is not None:  # a cumulative refund: record only what is new
@@ -504,6 +598,145 @@ def _record(
             )
             result.deliveries += 1
     return result
+
+
+_EVENT_COLUMNS = "id, source, event_id, event_type, status, reason, received_at, replayed_at"
+
+
+def _events(
+    conn: sqlite3.Connection,
+    statuses: tuple[str, ...],
+    source: str | None,
+    since: float | None,
+    limit: int | None,
+    ids: tuple[int, ...],
+    with_body: bool,
+    oldest_first: bool,
+) -> list[StoredEvent]:
+    where: list[str] = []
+    args: list[Any] = []
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        args.extend(statuses)
+    if source:
+        where.append("source = ?")
+        args.append(source)
+    if since is not None:
+        where.append("received_at >= ?")
+        args.append(since)
+    if ids:
+        where.append(f"id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    order = "ASC" if oldest_first else "DESC"
+    sql = (
+        f"SELECT {_EVENT_COLUMNS}{', body' if with_body else ''} FROM events"  # noqa: S608
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY received_at {order}, id {order}"
+        + (" LIMIT ?" if limit is not None else "")
+    )
+    if limit is not None:
+        args.append(limit)
+    return [StoredEvent(*row) for row in conn.execute(sql, args)]
+
+
+def _replay(
+    conn: sqlite3.Connection,
+    event_row: int,
+    status: str,
+    reason: str | None,
+    event_id: str,
+    conversions: Sequence[Conversion],
+    destinations_for: Callable[[Conversion], Sequence[str]],
+    now: float,
+    dry_run: bool,
+) -> Recorded:
+    row = conn.execute("SELECT source, event_id FROM events WHERE id = ?", (event_row,)).fetchone()
+    if row is None:
+        raise StoreError(f"event {event_row} is not in the ledger")
+    if dry_run:  # do it all, report it, undo it
+        conn.execute("SAVEPOINT replay_dry_run")
+    try:
+        conn.execute(
+            "UPDATE events SET status = ?, reason = ?, replayed_at = ? WHERE id = ?",
+            (status, reason, now, event_row),
+        )
+        if event_id != row[1]:
+            conn.execute(
+                "UPDATE events SET event_id = ? WHERE id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM events WHERE source = ? AND event_id = ?)",
+                (event_id, event_row, row[0], event_id),
+            )
+        return _record_conversions(conn, event_row, now, conversions, destinations_for)
+    finally:
+        if dry_run:
+            conn.execute("ROLLBACK TO replay_dry_run")
+            conn.execute("RELEASE replay_dry_run")
+
+
+def _conversions_by_key(
+    conn: sqlite3.Connection, keys: tuple[tuple[str, str, str], ...]
+) -> dict[tuple[str, str, str], Conversion]:
+    found = {}
+    for key in keys:
+        row = conn.execute(
+            "SELECT data FROM conversions WHERE source = ? AND kind = ? AND order_key = ?", key
+        ).fetchone()
+        if row is not None:
+            found[key] = Conversion.from_json(row[0])
+    return found
+
+
+def _without_delivery(
+    conn: sqlite3.Connection,
+    destination: str,
+    since: float,
+    until: float | None,
+    after: int,
+    limit: int,
+) -> list[tuple[int, Conversion]]:
+    rows = conn.execute(
+        "SELECT c.id, c.data FROM conversions c"
+        " WHERE c.id > ? AND c.created_at >= ? AND (? IS NULL OR c.created_at < ?)"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        "                 WHERE d.conversion_id = c.id AND d.destination = ?)"
+        " ORDER BY c.id LIMIT ?",
+        (after, since, until, until, destination, limit),
+    ).fetchall()
+    return [(row_id, Conversion.from_json(data)) for row_id, data in rows]
+
+
+def _add_deliveries(
+    conn: sqlite3.Connection, destination: str, conversion_ids: tuple[int, ...], now: float
+) -> int:
+    before = conn.total_changes
+    conn.executemany(
+        "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
+        " created_at, updated_at) SELECT id, ?, ?, ?, ?, ? FROM conversions WHERE id = ?"
+        " ON CONFLICT (conversion_id, destination) DO NOTHING",
+        [(destination, PENDING, now, now, now, cid) for cid in conversion_ids],
+    )
+    return conn.total_changes - before
+
+
+def _resend(conn: sqlite3.Connection, ids: tuple[int, ...], now: float) -> list[int]:
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT id, attempts FROM deliveries WHERE id IN ({marks}) AND status = ?",  # noqa: S608
+        (*ids, DELIVERED),
+    ).fetchall()
+    for delivery_id, attempts in rows:
+        conn.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"
+            " sent_attempt = NULL, lease_until = NULL, lease_token = NULL, recovered = 0,"
+            " in_doubt = 0, updated_at = ? WHERE id = ?",
+            (now, now, delivery_id),
+        )
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
+            " status_code, detail) VALUES (?, ?, ?, 0, ?, NULL, ?)",
+            (delivery_id, attempts, now, RESEND, RESEND_DETAIL),
+        )
+    return sorted(row[0] for row in rows)
 
 
 def _claim(

@@ -1,4 +1,6 @@
--- relay ledger, SQLite flavour (schema version 3)
+-- relay ledger, SQLite flavour (schema version 4)
+-- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
+-- indexes on them are created there, after the columns exist.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -8,6 +10,9 @@ CREATE TABLE IF NOT EXISTS events (
     event_type  TEXT    NOT NULL,
     received_at REAL    NOT NULL,
     body        BLOB    NOT NULL,
+    status      TEXT    NOT NULL DEFAULT 'accepted',
+    reason      TEXT,
+    replayed_at REAL,
     UNIQUE (source, event_id)
 );
 
@@ -66,7 +71,7 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
 
--- version 3 (backfill): each source's reconcile high-water mark, last outcome and lease
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
 CREATE TABLE IF NOT EXISTS reconcile_state (
     source          TEXT    PRIMARY KEY,
     mark            REAL,

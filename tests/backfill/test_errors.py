@@ -165,12 +165,15 @@ def test_a_page_of_the_wrong_shape_is_an_error_not_a_crash(cli, tmp_path, ls_api
     assert "an entry is not an event object" in one_line(out.stderr)
 
 
-def test_an_event_relay_cannot_read_is_counted_not_fatal(cli, tmp_path, stripe_api):
+def test_an_event_relay_cannot_read_is_quarantined_not_fatal(cli, tmp_path, stripe_api):
+    """As for a webhook: stored with its reason (`relay events`), replayable once fixed."""
     good, bad = purchases(2, time.time() - 60)
     bad["data"]["object"]["currency"] = "zzz"  # not an ISO 4217 currency
     stripe_api.add_event(good)
     stripe_api.add_event(bad)
     out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "1h")
     assert out.returncode == 0, out.stderr
-    assert "1 new conversion recorded" in out.stdout and "1 unreadable" in out.stdout
-    assert "unreadable:" in out.stdout
+    assert "1 new conversion recorded" in out.stdout and "1 quarantined" in out.stdout
+    assert f"{bad['id']}  checkout.session.completed" in out.stdout and "quarantined: " in out.stdout
+    listed = cli({"stripe": stripe_api}, "events", "--status", "quarantined")
+    assert bad["id"] in listed.stdout and "zzz" in listed.stdout.lower()

@@ -157,7 +157,7 @@ def test_tnd_three_decimals_and_test_mode(make_app):
     plain = make_app()
     r = plain.post("lemonsqueezy", body, ls_headers(body))
     assert r.json()["status"] == "ignored" and "test-mode" in r.json()["reason"]
-    assert plain.count("events") == 0
+    assert plain.count("events") == 1 and plain.count("conversions") == 0  # kept, as ignored
     forwarding = make_app(deliver_test_events=True)
     r = forwarding.post("lemonsqueezy", body, ls_headers(body))
     assert r.json()["conversions"][0]["total"] == "12.345"
@@ -204,12 +204,14 @@ def test_rotated_secret_and_tampered_body(app):
     assert app.count("events") == 1
 
 
-def test_malformed_after_valid_signature(app):
+def test_unreadable_after_valid_signature_is_quarantined(app):
     body = b'{"meta": {"event_name": "order_created"}}'
     r = app.post("lemonsqueezy", body, ls_headers(body))
-    assert r.status_code == 400 and "data" in r.json()["error"]
+    assert r.status_code == 200 and r.json()["status"] == "quarantined"
+    assert "data" in r.json()["reason"]
     body = dumps({**fixture(ORDER), "data": {**fixture(ORDER)["data"], "attributes": {
         **fixture(ORDER)["data"]["attributes"], "currency": "XXQ"}}})
     r = app.post("lemonsqueezy", body, ls_headers(body))
-    assert r.status_code == 400 and "currency" in r.json()["error"]
-    assert app.count("events") == 0
+    assert r.status_code == 200 and r.json()["status"] == "quarantined"
+    assert "currency" in r.json()["reason"]
+    assert app.count("events") == 2 and app.count("conversions") == 0

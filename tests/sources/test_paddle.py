@@ -179,7 +179,8 @@ def test_amounts_are_strings_in_lowest_denomination(app):
     floaty["id"] = "txn_float"
     floaty["details"]["totals"]["total"] = 652.15
     r = post(app, envelope("transaction.completed", floaty))
-    assert r.status_code == 400 and "string" in r.json()["error"]
+    assert r.status_code == 200 and r.json()["status"] == "quarantined"
+    assert "string" in r.json()["reason"]
 
 
 def test_sandbox_marks_test(make_app):

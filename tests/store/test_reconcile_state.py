@@ -79,16 +79,18 @@ async def test_existing_tells_which_conversions_the_ledger_has(store: Store) -> 
     assert await store.existing("paddle", [("purchase", "cs_1")]) == set()
 
 
-async def test_a_version_2_sqlite_ledger_gains_the_reconcile_table(tmp_path: Path) -> None:
+async def test_a_ledger_from_before_reconcile_gains_its_table_sqlite(tmp_path: Path) -> None:
+    from relay.store.sqlite import SCHEMA_VERSION
+
     db = tmp_path / "v2.db"
     store = open_store(f"sqlite:///{db}")
     await store.open()
     await store.record(EventRecord("stripe", "evt_v2", "t", time.time(), b"{}"),
                        [conversion("ord_v2")], everywhere)
     await store.close()
-    with sqlite3.connect(db) as conn:  # what a version 2 ledger looked like
+    with sqlite3.connect(db) as conn:  # what the ledger looked like one version earlier
         conn.execute("DROP TABLE reconcile_state")
-        conn.execute("UPDATE schema_version SET version = 2")
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION - 1,))
     store = open_store(f"sqlite:///{db}")
     await store.open()
     try:
@@ -97,12 +99,14 @@ async def test_a_version_2_sqlite_ledger_gains_the_reconcile_table(tmp_path: Pat
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 @pytest.mark.postgres
-async def test_a_version_2_postgres_ledger_gains_the_reconcile_table(pg_databases) -> None:  # noqa: F811
+async def test_a_ledger_from_before_reconcile_gains_its_table_postgres(pg_databases) -> None:  # noqa: F811
     import psycopg
+
+    from relay.store.postgres import SCHEMA_VERSION
 
     name, url = pg_databases.create()
     try:
@@ -113,7 +117,7 @@ async def test_a_version_2_postgres_ledger_gains_the_reconcile_table(pg_database
         await store.close()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE reconcile_state")
-            conn.execute("UPDATE schema_version SET version = 2")
+            conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION - 1,))
         store = open_store(url)
         await store.open()
         try:
@@ -122,6 +126,6 @@ async def test_a_version_2_postgres_ledger_gains_the_reconcile_table(pg_database
         finally:
             await store.close()
         with psycopg.connect(url, autocommit=True) as conn:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     finally:
         pg_databases.drop(name)

@@ -100,5 +100,4 @@ async def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        # upgraded to the current version (2 added in_doubt/sent_attempt, 3 reconcile_state)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
