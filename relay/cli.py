@@ -152,6 +152,7 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.enrich import build_enricher
     from relay.metrics import Metrics
     from relay.reconcile import Reconciler
+    from relay.thin import ThinEvents
     from relay.worker import Worker
 
     async def run() -> None:
@@ -161,16 +162,18 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         destinations = build_destinations(settings)
         w = Worker(store, destinations, settings.worker, metrics=Metrics(), enrich=enricher)
         reconciler = Reconciler(settings, store, destinations, wake=w.wake)
+        thin = ThinEvents(settings, store, destinations, wake=w.wake)
 
         async def stop() -> None:
             await reconciler.stop()
+            await thin.stop()
             await w.stop()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop()))
         try:
-            await asyncio.gather(w.run(), reconciler.run())
+            await asyncio.gather(w.run(), reconciler.run(), thin.run())
         finally:
             if enricher is not None:
                 await enricher.aclose()

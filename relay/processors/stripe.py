@@ -114,6 +114,17 @@ class StripeAPI(Processor):
             raise self.malformed(path, "not an object with an id")
         return obj
 
+    async def v2_event(self, event_id: str) -> dict[str, Any]:
+        """`GET /v2/core/events/{id}`: a thin event with its fetched attributes (`changes`:
+        the related object's fields before and after, i.e. v1's previous_attributes)."""
+        path = f"/v2/core/events/{event_id}"
+        if not re.fullmatch(r"[A-Za-z0-9_]+", event_id):
+            raise self.malformed("/v2/core/events/…", "the event id is not an id")
+        event = await self.get(path)
+        if not isinstance(event, dict) or event.get("id") != event_id:
+            raise self.malformed("/v2/core/events/…", "not the event asked for")
+        return event
+
     async def line_items(self, session_id: str) -> list[dict[str, Any]]:
         """A Checkout Session's line items (first page, up to 100)."""
         path = f"/v1/checkout/sessions/{session_id}/line_items"

@@ -37,12 +37,25 @@ UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, AttributeErro
 
 
 @dataclass(slots=True)
+class Fetch:
+    """An event that names an object instead of carrying it (a Stripe thin event): the
+    worker fetches the object with the source's API key and records what a snapshot event
+    of `snapshot_type` carrying it would give (relay/thin.py). Never on the webhook path."""
+
+    url: str  # the API path of the object (`related_object.url`)
+    object_type: str  # "checkout.session"
+    object_id: str
+    snapshot_type: str  # the snapshot event type it stands for ("checkout.session.completed")
+
+
+@dataclass(slots=True)
 class ParsedEvent:
     event_id: str
     event_type: str
     livemode: bool = True
     conversions: list[Conversion] = field(default_factory=list)
     ignored: str | None = None  # why a valid event is not relayed
+    fetch: Fetch | None = None  # its object must be fetched before it has conversions
 
 
 class Source(Protocol):

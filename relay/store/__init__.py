@@ -40,7 +40,8 @@ STATUSES = (PENDING, DELIVERED, FAILED, SKIPPED)
 ACCEPTED = "accepted"
 IGNORED = "ignored"
 QUARANTINED = "quarantined"
-EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED)
+FETCHING = "fetching"  # a thin event whose object the worker fetches (relay/thin.py)
+EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED, FETCHING)
 RESEND = "resend"  # the outcome of the attempt-log line `resend` writes
 RESEND_DETAIL = "manual resend (relay resend): same idempotency key, fresh attempt budget"
 

@@ -13,6 +13,8 @@ as the user name). No key → 401 "You did not provide an API key…"; a wrong k
   "/v1/events", "has_more", "data"}`.
 - `GET /v1/<resource>/<id>` for objects put in `emu.objects["/v1/checkout/sessions/cs_…"]`
   (what a thin event's `related_object.url` points to); unknown → 404 resource_missing.
+- `GET /v2/core/events/<id>`: a thin event with its fetched attributes (`changes`), from
+  `emu.v2_events`.
 - `GET /v1/checkout/sessions/{id}/line_items`, `GET /v1/promotion_codes/{id}`.
 - 429 as Stripe answers it: `{"error": {"code": "rate_limit", …}}` and no Retry-After
   (`emu.rate_limit_per_minute = n`, or `emu.fail_next(1, 429, body=RATE_LIMITED)`).
@@ -50,6 +52,7 @@ class StripeAPIEmulator(ProcessorEmulator):
         self.promotion_codes: dict[str, str] = {}  # promo_… → code text
         self.events: list[dict[str, Any]] = []  # every event of the account
         self.objects: dict[str, dict[str, Any]] = {}  # "/v1/…/<id>" → object
+        self.v2_events: dict[str, dict[str, Any]] = {}  # thin event id → the v2 Event object
 
     def add_event(self, event: dict[str, Any]) -> dict[str, Any]:
         self.events.append(event)
@@ -101,8 +104,14 @@ class StripeAPIEmulator(ProcessorEmulator):
         obj = self.objects.get(seen.path)
         if obj is not None:
             return 200, obj
+        if parts[:3] == ["v2", "core", "events"] and len(parts) == 4:
+            event = self.v2_events.get(parts[3])
+            if event is None:
+                raise _error(404, f"No such event: '{parts[3]}'", code="resource_missing")
+            return 200, event
         if len(parts) >= 3 and parts[0] == "v1":
-            raise _error(404, f"No such {parts[-2].rstrip('s')}: '{parts[-1]}'", code="resource_missing")
+            name = ".".join([*parts[1:-2], parts[-2].removesuffix("s")])  # checkout.session
+            raise _error(404, f"No such {name}: '{parts[-1]}'", code="resource_missing")
         raise _error(404, "Unrecognized request URL")
 
     def _events(self, params: list[tuple[str, str]]) -> dict[str, Any]:
