@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 4).
+-- relay ledger, PostgreSQL flavour (schema version 5).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
--- version 4 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- version 5 (the console): the SHA-256 of the buyer's normalized email, so a search by
 -- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
 ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
 CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
@@ -64,7 +64,7 @@ ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
 
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
--- version 4: with the id, so that a page of one destination's failed (or any) deliveries,
+-- version 5: with the id, so that a page of one destination's failed (or any) deliveries,
 -- newest first, is a walk down the index (the console); it serves what
 -- deliveries_status (status, destination) served, which it replaces.
 CREATE INDEX IF NOT EXISTS deliveries_status_id ON deliveries (status, destination, id);
@@ -88,7 +88,21 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
 
--- version 4 (the console): webhooks by source and outcome and delivery results by
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
+CREATE TABLE IF NOT EXISTS reconcile_state (
+    source          text             PRIMARY KEY,
+    mark            double precision,
+    last_run_at     double precision,
+    last_success_at double precision,
+    last_error      text,
+    last_error_at   double precision,
+    runs            integer          NOT NULL DEFAULT 0,
+    failures        integer          NOT NULL DEFAULT 0,
+    lease_owner     text,
+    lease_until     double precision
+);
+
+-- version 5 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (

@@ -51,6 +51,7 @@ from relay.store import (
     DeliveryRow,
     DestinationError,
     EventRecord,
+    ReconcileState,
     Recorded,
     Settlement,
     Store,
@@ -62,7 +63,9 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 4
+# 4: reconcile_state (created by sqlite.sql's CREATE TABLE IF NOT EXISTS)
+# 5: the console — conversions.email_hash (_upgrade_console), tallies, destination_errors
+SCHEMA_VERSION = 5
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -85,7 +88,7 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_console(conn: sqlite3.Connection) -> None:
-    """Schema 4 (the console): each conversion carries the SHA-256 of its buyer's
+    """Schema 5 (the console): each conversion carries the SHA-256 of its buyer's
     normalized email (`email_hash`, indexed), so a search by email is a lookup. Rows
     recorded before get theirs computed here, once, in the transaction that adds the
     column. (The tallies tables come from sqlite.sql.) Idempotent."""
@@ -567,6 +570,29 @@ class SQLiteStore(Store):
 
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         return await self._call(_rate_acquire, key, per_minute, now)
+
+    async def reconcile_lease(
+        self, source: str, owner: str, now: float, until: float
+    ) -> ReconcileState | None:
+        return await self._call(_reconcile_lease, source, owner, now, until)
+
+    async def reconcile_progress(
+        self, source: str, owner: str, mark: float | None, until: float
+    ) -> bool:
+        return await self._call(_reconcile_progress, source, owner, mark, until)
+
+    async def reconcile_done(
+        self, source: str, owner: str, now: float, mark: float | None, error: str | None
+    ) -> None:
+        await self._call(_reconcile_done, source, owner, now, mark, error)
+
+    async def reconcile_states(self) -> list[ReconcileState]:
+        return await self._call(_reconcile_states)
+
+    async def existing(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys:
+            return set()
+        return await self._call(_existing, source, tuple(keys))
 
 
 # ---------------------------------------------------------------- statements (writer thread)
@@ -1291,3 +1317,85 @@ def path_problem(path: str) -> str | None:
         return f"no file can be created in {directory} ({exc.strerror})"
     os.unlink(probe)
     return None
+
+
+# ---------------------------------------------------------------- reconcile
+
+_STATE_COLUMNS = (
+    "source, mark, last_run_at, last_success_at, last_error, last_error_at, runs, failures,"
+    " lease_owner, lease_until"
+)
+
+
+def _reconcile_lease(
+    conn: sqlite3.Connection, source: str, owner: str, now: float, until: float
+) -> ReconcileState | None:
+    row = conn.execute(
+        "INSERT INTO reconcile_state (source, last_run_at, lease_owner, lease_until)"
+        " VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (source) DO UPDATE SET last_run_at = excluded.last_run_at,"
+        " lease_owner = excluded.lease_owner, lease_until = excluded.lease_until"
+        " WHERE reconcile_state.lease_owner IS NULL OR reconcile_state.lease_owner = ?"
+        " OR reconcile_state.lease_until IS NULL OR reconcile_state.lease_until < ?"
+        " RETURNING source, mark, last_run_at, last_success_at, last_error, last_error_at, runs,"
+        " failures, lease_owner, lease_until",
+        (source, now, owner, until, owner, now),
+    ).fetchone()
+    return None if row is None else ReconcileState(*row)
+
+
+def _reconcile_progress(
+    conn: sqlite3.Connection, source: str, owner: str, mark: float | None, until: float
+) -> bool:
+    cur = conn.execute(
+        "UPDATE reconcile_state SET mark = max(coalesce(mark, ?), coalesce(?, mark)),"
+        " lease_until = ? WHERE source = ? AND lease_owner = ?",
+        (mark, mark, until, source, owner),
+    )
+    return cur.rowcount > 0
+
+
+def _reconcile_done(
+    conn: sqlite3.Connection,
+    source: str,
+    owner: str,
+    now: float,
+    mark: float | None,
+    error: str | None,
+) -> None:
+    if error is None:
+        conn.execute(
+            "UPDATE reconcile_state SET mark = max(coalesce(mark, ?), coalesce(?, mark)),"
+            " last_success_at = ?, runs = runs + 1, lease_owner = NULL, lease_until = NULL"
+            " WHERE source = ? AND lease_owner = ?",
+            (mark, mark, now, source, owner),
+        )
+    else:
+        conn.execute(
+            "UPDATE reconcile_state SET last_error = ?, last_error_at = ?, failures = failures + 1,"
+            " lease_owner = NULL, lease_until = NULL WHERE source = ? AND lease_owner = ?",
+            (error[:1000], now, source, owner),
+        )
+
+
+def _reconcile_states(conn: sqlite3.Connection) -> list[ReconcileState]:
+    return [
+        ReconcileState(*row)
+        for row in conn.execute(
+            f"SELECT {_STATE_COLUMNS} FROM reconcile_state ORDER BY source"  # noqa: S608
+        )
+    ]
+
+
+def _existing(
+    conn: sqlite3.Connection, source: str, keys: tuple[tuple[str, str], ...]
+) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for kind, order_key in keys:
+        row = conn.execute(
+            "SELECT 1 FROM conversions WHERE source = ? AND kind = ? AND order_key = ?",
+            (source, kind, order_key),
+        ).fetchone()
+        if row is not None:
+            found.add((kind, order_key))
+    return found

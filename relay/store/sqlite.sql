@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 4)
+-- relay ledger, SQLite flavour (schema version 5)
 -- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
 -- indexes on them are created there, after the columns exist.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -72,7 +72,21 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
 
--- version 4 (the console): webhooks by source and outcome and delivery results by
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
+CREATE TABLE IF NOT EXISTS reconcile_state (
+    source          TEXT    PRIMARY KEY,
+    mark            REAL,
+    last_run_at     REAL,
+    last_success_at REAL,
+    last_error      TEXT,
+    last_error_at   REAL,
+    runs            INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_until     REAL
+);
+
+-- version 5 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (
