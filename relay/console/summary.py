@@ -26,6 +26,7 @@ from relay.store import (
     TALLY_DELIVERY,
     TALLY_WEBHOOK,
     DestinationError,
+    ReconcileState,
     Store,
 )
 from relay.tally import HOUR, hour_of
@@ -53,6 +54,7 @@ class SourceFigures:
     counts: dict[str, int]
     other: int = 0
     other_detail: str = ""
+    reconcile: ReconcileState | None = None  # RELAY_<SOURCE>__RECONCILE_INTERVAL_SECONDS
 
     @property
     def total(self) -> int:
@@ -142,6 +144,7 @@ async def overview(
     stats = await store.stats(now)
     tallies = await store.tallies(since_hour)
     errors = await store.destination_errors()
+    reconciled = {state.source: state for state in await store.reconcile_states()}
     by_status: Mapping[tuple[str, str], int] = stats["by_status"]
 
     webhook: dict[str, dict[str, int]] = {}
@@ -163,6 +166,7 @@ async def overview(
                 {o: counts.get(o, 0) for o in WEBHOOK_OUTCOMES},
                 sum(other.values()),
                 ", ".join(f"{n} {OTHER_OUTCOMES.get(o, o)}" for o, n in sorted(other.items())),
+                reconciled.get(name),
             )
         )
 

@@ -281,3 +281,17 @@ def test_a_ledger_that_does_not_answer_is_a_503_page(console: Console) -> None:
     assert page.status_code == 503 and "The ledger is unavailable" in text(page.text)
     post = console.client.post("/console/deliveries/retry", data={"csrf": csrf, "id": "1"})
     assert post.status_code == 503 and "Nothing was changed" in text(post.text)
+
+
+def test_overview_says_when_a_source_reconcile_fails(console: Console) -> None:
+    store = console.client.app.state.relay.store  # type: ignore[union-attr]
+    portal = console.client.portal  # type: ignore[union-attr]
+    now = time.time()
+    assert portal.call(store.reconcile_lease, "stripe", "test", now, now + 60) is not None
+    portal.call(store.reconcile_done, "stripe", "test", now, None, "Stripe API: HTTP 401 bad key")
+    shown = text(console.client.get("/console/").text)
+    assert "reconcile failing" in shown and "Stripe API: HTTP 401 bad key" in shown
+    assert portal.call(store.reconcile_lease, "stripe", "test", now + 1, now + 60) is not None
+    portal.call(store.reconcile_done, "stripe", "test", now + 2, now, None)
+    shown = text(console.client.get("/console/").text)
+    assert "reconcile failing" not in shown and "reconciled" in shown
