@@ -187,3 +187,17 @@ def test_behind_a_trusted_proxy_the_cookie_is_secure(relay_factory, tmp_path) ->
     plain = httpx.post(trusted.url + "/console/sign-in", data=form)  # the proxy said http
     assert not cookie_of(plain)["relay_console"]["secure"]
     assert "https://" not in answer.headers["location"]
+
+
+def test_a_short_admin_token_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from relay.errors import ConfigError
+    from relay.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", "hunter2")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "RELAY_ADMIN_TOKEN must be at least 16 characters" in str(refused.value)
+    assert "hunter2" not in str(refused.value)  # the value itself is never echoed
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", "x" * 16)
+    assert load_settings().admin_token is not None
