@@ -34,6 +34,15 @@ from tests.emulators.meta import MetaEmulator
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """NOW is when each test runs, not when the module was imported: the suite may spend
+    minutes on other tests in between, and a conversion made after NOW reads as one from
+    the future (clamped or dropped by the destination)."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 @pytest.fixture(scope="module")
 def emu() -> Iterator[MetaEmulator]:
     with MetaEmulator(PIXEL, META_TOKEN) as server:
