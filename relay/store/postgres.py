@@ -215,6 +215,51 @@ _DELIVERY_COLUMNS = sql.SQL(
 )
 
 
+def delivery_page_sql(
+    statuses: Sequence[str],
+    destinations: Sequence[str],
+    source: str | None,
+    since: float | None,
+    until: float | None,
+    low: int | None,
+    high: int | None,
+    before: int | None,
+    limit: int,
+) -> tuple[sql.Composed, list[Any]]:
+    """The statement of `delivery_page`, with the id range of [since, until) already found
+    (`low`, `high`): one walk down deliveries_status_id per (status, destination) pair,
+    merged. Each pair is its own branch with its own values, and its keyset condition is a
+    row comparison on the index's own columns, (status, destination, id) < (…): only that
+    index can answer it, so the planner walks it rather than filtering a walk down the
+    primary key (which, for a destination whose rows are not the newest, reads most of
+    the table first)."""
+    where = [
+        sql.SQL("(d.status, d.destination) = (%s, %s)"),
+        sql.SQL("(d.status, d.destination, d.id) < (%s, %s, %s)"),
+    ]
+    args: list[Any] = []
+    if since is not None:
+        where.append(sql.SQL("d.id >= %s AND d.created_at >= %s"))
+        args.extend((low or 0, since))
+    if until is not None:
+        where.append(sql.SQL("d.id < %s AND d.created_at < %s"))
+        args.extend((high or 0, until))
+    if source:
+        where.append(sql.SQL("c.source = %s"))
+        args.append(source)
+    branch = sql.SQL(
+        "(SELECT {columns} FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+        " WHERE {where} ORDER BY d.status DESC, d.destination DESC, d.id DESC LIMIT %s)"
+    ).format(columns=_DELIVERY_COLUMNS, where=sql.SQL(" AND ").join(where))
+    pairs = [(s, d) for s in statuses for d in destinations]
+    query = sql.SQL("SELECT * FROM ({branches}) x ORDER BY x.id DESC LIMIT %s").format(
+        branches=sql.SQL(" UNION ALL ").join([branch] * len(pairs))
+    )
+    below = before if before is not None else 2**62
+    values = [v for s, d in pairs for v in (s, d, s, d, below, *args, limit)]
+    return query, [*values, limit]
+
+
 def _stored_conversion(row: Sequence[Any]) -> StoredConversion:
     return StoredConversion(
         int(row[0]), int(row[1]), float(row[2]), Conversion.from_json(bytes(row[3]))
@@ -1280,33 +1325,14 @@ class PostgresStore(Store):
     ) -> list[DeliveryRow]:
         if not statuses or not destinations or limit <= 0:
             return []
-        pairs = [(s, d) for s in statuses for d in destinations]
-        where = [sql.SQL("d.status = p.status AND d.destination = p.destination")]
-        args: list[Any] = [[p[0] for p in pairs], [p[1] for p in pairs]]
         async with self._conn("query failed") as conn:
-            if before is not None:
-                where.append(sql.SQL("d.id < %s"))
-                args.append(before)
-            if since is not None:
-                low = await self._first_id_at(conn, since - ID_SLACK)
-                where.append(sql.SQL("d.id >= %s AND d.created_at >= %s"))
-                args.extend((low or 0, since))
-            if until is not None:
-                high = await self._first_id_at(conn, until + ID_SLACK)
-                where.append(sql.SQL("d.id < %s AND d.created_at < %s"))
-                args.extend((high or 0, until))
-            if source:
-                where.append(sql.SQL("c.source = %s"))
-                args.append(source)
-            # One walk down deliveries_status_id per (status, destination) pair, merged.
-            query = sql.SQL(
-                "SELECT x.* FROM unnest(%s::text[], %s::text[]) AS p (status, destination)"
-                " CROSS JOIN LATERAL (SELECT {columns} FROM deliveries d"
-                "   JOIN conversions c ON c.id = d.conversion_id"
-                "   WHERE {where} ORDER BY d.id DESC LIMIT %s) x"
-                " ORDER BY x.id DESC LIMIT %s"
-            ).format(columns=_DELIVERY_COLUMNS, where=sql.SQL(" AND ").join(where))
-            cur = await conn.execute(query, (*args, limit, limit))
+            low = None if since is None else await self._first_id_at(conn, since - ID_SLACK)
+            high = None if until is None else await self._first_id_at(conn, until + ID_SLACK)
+            query, values = delivery_page_sql(
+                statuses, destinations, source, since, until, low, high, before, limit
+            )
+            # Never a prepared statement: a cached generic plan would not see the values.
+            cur = await conn.execute(query, values, prepare=False)
             rows = await cur.fetchall()
         return [DeliveryRow(*row) for row in rows]
 
