@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 2)
+-- relay ledger, SQLite flavour (schema versions 1-2; later steps: sqlite.py _upgrade_*)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 3 step)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id           INTEGER PRIMARY KEY,
