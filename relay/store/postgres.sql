@@ -51,7 +51,7 @@ ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
 
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 3 step in postgres.py)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -12,7 +12,7 @@ import pytest
 
 from relay.errors import StoreError
 from relay.store import EventRecord
-from relay.store.sqlite import SQLiteStore
+from relay.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.store.test_store import conversion, everywhere
 
 pytestmark = pytest.mark.anyio
@@ -100,4 +100,4 @@ async def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
