@@ -1,4 +1,5 @@
-"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics`.
+"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics` (behind
+`Authorization: Bearer $RELAY_ADMIN_TOKEN` when that is set).
 
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
@@ -25,7 +26,7 @@ from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
 from relay.errors import PayloadError, SignatureError, StoreError
 from relay.intake import IGNORED, Intake
-from relay.metrics import Metrics
+from relay.metrics import Metrics, authorized
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
 from relay.store import Store, open_store
@@ -90,6 +91,7 @@ def create_app(
                 relay.destinations,
                 settings.worker,
                 metrics=relay.metrics,
+                retention_days=settings.retention_days,
                 **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")
@@ -131,7 +133,15 @@ def create_app(
             }
         )
 
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+
     async def metrics(request: Request) -> Response:
+        if admin_token and not authorized(request.headers.get("authorization"), admin_token):
+            return JSON(
+                {"error": "/metrics needs Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="relay"'},
+            )
         try:
             body = await relay.metrics.render(relay.store)
         except StoreError as exc:

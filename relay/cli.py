@@ -1,4 +1,4 @@
-"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate."""
+"""`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate, forget."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def main(argv: list[str] | None = None) -> None:
         help="every skipped delivery (after fixing what made it unsendable)",
     )
     p.add_argument("--destination")
+
+    p = sub.add_parser(
+        "forget",
+        help="erase one buyer's personal data now, everywhere relay stores it",
+        description="Erase one buyer's personal data now: their conversions' email, name, "
+        "phone, address, metadata and attribution ids, the raw bodies of their events and of "
+        "every other stored event naming them, and the customer key linking them. Their "
+        "pending deliveries fail with 'erased by relay forget'. Prints how many records changed.",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email", help="the buyer's email address")
+    who.add_argument("--customer", metavar="ID", help="the processor's customer id (e.g. cus_…)")
 
     p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
     p.add_argument("source")
@@ -109,7 +121,12 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         await store.open()
         enricher = build_enricher(settings)
         w = Worker(
-            store, build_destinations(settings), settings.worker, metrics=Metrics(), enrich=enricher
+            store,
+            build_destinations(settings),
+            settings.worker,
+            metrics=Metrics(),
+            enrich=enricher,
+            retention_days=settings.retention_days,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,16 +220,41 @@ def retry(settings: Settings, args: argparse.Namespace) -> None:
     else:
         statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
-    async def run() -> int:
+    async def run() -> tuple[int, list[Any]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await store.requeue(args.ids, args.destination, time.time(), statuses)
+            count = await store.requeue(args.ids, args.destination, time.time(), statuses)
+            return count, await _erased_rows(store, args.ids, args.destination, statuses)
         finally:
             await store.close()
 
-    count = asyncio.run(run())
+    count, erased = asyncio.run(run())
     print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    for row in erased:  # never sent without its buyer: refused, and said so
+        why = "relay forget" if row.erased == "forget" else "retention (RELAY_RETENTION_DAYS)"
+        print(
+            f"delivery {row.id} ({row.destination} {row.order_key}) not requeued: its buyer's"
+            f" personal data was removed by {why}, so it cannot be sent again",
+            file=sys.stderr,
+        )
+    if erased and not count:
+        sys.exit(1)
+
+
+async def _erased_rows(
+    store: Any, ids: list[int], destination: str | None, statuses: tuple[str, ...]
+) -> list[Any]:
+    """The deliveries `retry` was asked for whose conversion's personal data is erased."""
+    if ids:
+        rows = [row for i in ids for row in await store.deliveries(delivery_id=i)]
+    else:
+        rows = [
+            row
+            for status in statuses
+            for row in await store.deliveries(status, destination, limit=1000)
+        ]
+    return [row for row in rows if row.erased and row.status in statuses]
 
 
 def simulate(settings: Settings, args: argparse.Namespace) -> None:
@@ -241,6 +283,50 @@ def simulate(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(1)
 
 
+def forget(settings: Settings, args: argparse.Namespace) -> None:
+    email = (args.email or "").strip()
+    customer = (args.customer or "").strip()
+    if args.email is not None and ("@" not in email or len(email) > 320):
+        raise ConfigError("--email must be an email address")
+    if args.customer is not None and not customer:
+        raise ConfigError("--customer must be a customer id")
+
+    async def run() -> Any:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await store.forget(
+                email=email or None, customer_id=customer or None, now=time.time()
+            )
+        finally:
+            await store.close()
+
+    done = asyncio.run(run())
+    if not done.records:
+        print("nothing stored for that buyer (or already forgotten): 0 records changed")
+        return
+    print(
+        f"forgotten: {done.records} records changed — personal data erased from "
+        f"{_n(done.conversions, 'conversion')} and {_n(done.events, 'event body', 'event bodies')}"
+        + (
+            f"; {_n(done.deliveries, 'pending delivery', 'pending deliveries')} failed"
+            " (erased by relay forget)"
+            if done.deliveries
+            else ""
+        )
+    )
+    if not done.compacted:
+        print(
+            "warning: the SQLite WAL could not be truncated yet (another process was reading);"
+            " the worker's next hourly run does it",
+            file=sys.stderr,
+        )
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 COMMANDS = {
     "serve": serve,
     "worker": worker,
@@ -249,4 +335,5 @@ COMMANDS = {
     "deliveries": deliveries,
     "retry": retry,
     "simulate": simulate,
+    "forget": forget,
 }

@@ -247,6 +247,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     deliver_test_events: bool = False
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # personal data of settled records older than this many days is erased; 0 keeps it
+    retention_days: int = Field(30, ge=0, le=36500)
     log_level: str = "INFO"
 
     stripe: StripeSettings = StripeSettings()

@@ -115,6 +115,7 @@ class Forgotten:
     conversions: int = 0  # conversions whose personal data was erased
     events: int = 0  # raw event bodies erased
     deliveries: int = 0  # pending deliveries failed with ERASED_BY_FORGET
+    compacted: bool = True  # False: SQLite's WAL still holds old pages (another process reading)
 
     @property
     def records(self) -> int:
@@ -290,7 +291,7 @@ class Store(abc.ABC):
             for cid in sorted(related - seen):  # conversions of an erased event: the same buyer
                 seen.add(cid)
                 queue.append(cid)
-        await self.compact()
+        result.compacted = await self.compact()
         return result
 
     # The steps of `forget`, each its own short transaction (see the SQLite backend).
@@ -321,10 +322,11 @@ class Store(abc.ABC):
         now erased."""
         raise NotImplementedError
 
-    async def compact(self) -> None:
-        """Housekeeping after retention (no-op unless a backend needs it): SQLite truncates
-        its WAL, PostgreSQL folds the per-connection counter rows of `stats`."""
-        return None
+    async def compact(self) -> bool:
+        """Housekeeping after retention, run hourly by the worker: SQLite checkpoints and
+        truncates its WAL (no older copy of an erased page stays in it), PostgreSQL folds
+        the per-connection counter rows of `stats`. False when it could not finish now."""
+        return True
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call `wake()` whenever another process adds work (PostgreSQL LISTEN/NOTIFY).

@@ -1033,7 +1033,7 @@ class PostgresStore(Store):
             "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
         }
 
-    async def compact(self) -> None:
+    async def compact(self) -> bool:
         """Fold the per-connection counter rows into shard 0 (the shards of connections
         long closed would otherwise pile up). Rows a writer holds are skipped (SKIP
         LOCKED): no writer ever waits for this, nor this for a writer."""
@@ -1042,6 +1042,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             if row and row[0]:
                 await conn.execute(_COMPACT_SQL)
+        return True
 
     # ------------------------------------------------------------ retention and forget
 

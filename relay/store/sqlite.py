@@ -68,7 +68,8 @@ from relay.store import (
 log = logging.getLogger("relay.store")
 SCHEMA_VERSION = 3
 ERASURE_VERSION = 3  # the step adding maintained delivery counts and erasure (see _upgrade_erasure)
-WAL_TRUNCATE_SECONDS = 10.0  # how long `compact` waits for readers before giving up for now
+WAL_TRUNCATE_WAIT = 0.5  # seconds one `compact` try waits for other processes' readers…
+WAL_TRUNCATE_TRIES = 4  # …and how many tries before it is left to the next run
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -458,12 +459,16 @@ class SQLiteStore(Store):
     ) -> tuple[Forgotten, set[int], set[int]]:
         return await self._call(_forget_chunk, conversions, events, now)
 
-    async def compact(self) -> None:
+    async def compact(self) -> bool:
         """Checkpoint the WAL into the file and truncate it, so pages holding erased data
-        stay in no -wal file. Another process reading for longer than
-        WAL_TRUNCATE_SECONDS postpones it (logged; the next run does it)."""
-        if not await self._call_outside(_truncate_wal, WAL_TRUNCATE_SECONDS):
-            log.warning("store: the WAL could not be truncated now (another process is reading)")
+        stay in no -wal file. Another process in a long read postpones it: a few short
+        tries (the ledger is free for others in between), then False (the next run does it)."""
+        for _ in range(WAL_TRUNCATE_TRIES):
+            if await self._call_outside(_truncate_wal, WAL_TRUNCATE_WAIT):
+                return True
+            await asyncio.sleep(0.2)
+        log.warning("store: the WAL could not be truncated now (another process is reading)")
+        return False
 
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         await self._call(_rate_block, key, per_minute, until)
