@@ -58,10 +58,9 @@ async def run_once(
         await asyncio.sleep(pause)
     if run.conversions or run.events:
         log.info(
-            "retention: erased the personal data of %d conversions and %d event bodies"
-            " older than %g days",
+            "retention: erased personal data older than %g days: conversions=%d event_bodies=%d",
+            days,
             run.conversions,
             run.events,
-            days,
         )
     return run
