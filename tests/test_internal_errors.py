@@ -38,9 +38,9 @@ def simmer_settings(url: str, key: str, max_attempts: int = 3) -> SimmerSettings
                                           rate_limit_per_minute=0)
 
 
-async def drain(store: SQLiteStore, worker: Worker, until_status: str, timeout: float = 20.0) -> list:
+async def drain(store: SQLiteStore, worker: Worker, until_status: str, within: float = 20.0) -> list:
     task = asyncio.create_task(worker.run())
-    deadline = time.time() + timeout
+    deadline = time.time() + within
     try:
         while True:
             rows = await store.deliveries(limit=100)

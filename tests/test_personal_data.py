@@ -15,7 +15,7 @@ from relay.store.sqlite import SCHEMA_VERSION
 from tests.conftest import core_env
 from tests.helpers import checkout_event, wait_until
 
-TOKEN = "metrics-token-5f1c0a9e7b2d"
+TOKEN = "metrics-token-5f1c0a9e7b2d"  # noqa: S105 - a test token
 EMAIL = "dana.private@example.net"
 
 

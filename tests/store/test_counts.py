@@ -12,8 +12,6 @@ import pytest
 
 from relay.store import DELIVERED, FAILED, PENDING, SKIPPED, Attempt, Settlement, Store, open_store
 from tests.store.ledger import DAY, body_for, buyer, raw, real_counts, real_oldest_age, stored_event
-from tests.pgdb import pg_databases  # noqa: F401 - fixture
-from tests.store.test_store import anyio_backend, opener, store, store_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 DESTS = ("simmer", "impact", "webhook")
@@ -30,7 +28,7 @@ async def exact(store: Store, url: str, now: float) -> dict:
     return stats
 
 
-async def test_counts_match_a_real_count_after_every_kind_of_write(store: Store, store_url: str) -> None:  # noqa: F811
+async def test_counts_match_a_real_count_after_every_kind_of_write(store: Store, store_url: str) -> None:
     now = time.time() + 5  # everything recorded below is due by then
     await exact(store, store_url, now)
     # records: one batch of several, one alone, a duplicate, an old one
@@ -92,7 +90,7 @@ async def test_counts_match_a_real_count_after_every_kind_of_write(store: Store,
     await exact(store, store_url, now)
 
 
-async def test_counts_stay_exact_with_several_writers_at_once(opener, store_url: str) -> None:  # noqa: F811
+async def test_counts_stay_exact_with_several_writers_at_once(opener, store_url: str) -> None:
     stores = [await opener() for _ in range(3)]
     now = time.time() + 30
 
@@ -109,7 +107,7 @@ async def test_counts_stay_exact_with_several_writers_at_once(opener, store_url:
     assert total == 4 * 20 * 3
 
 
-async def test_an_existing_ledger_gets_its_counts_when_upgraded(store_url: str) -> None:  # noqa: F811
+async def test_an_existing_ledger_gets_its_counts_when_upgraded(store_url: str) -> None:
     store = open_store(store_url)
     await store.open()
     now = time.time()
@@ -131,11 +129,11 @@ async def test_an_existing_ledger_gets_its_counts_when_upgraded(store_url: str) 
             "CREATE INDEX deliveries_status ON deliveries (status, destination)",
             "ALTER TABLE conversions DROP COLUMN erased_at", "ALTER TABLE conversions DROP COLUMN erased_by",
             "ALTER TABLE events DROP COLUMN erased_at",
-            f"UPDATE schema_version SET version = {ERASURE_VERSION - 1}",
+            f"UPDATE schema_version SET version = {ERASURE_VERSION - 1}",  # noqa: S608
         ):
             raw(store_url, statement)
     else:
-        raw(store_url, "DROP TABLE delivery_counts; DROP TABLE retention_state;"
+        raw(store_url, "DROP TABLE delivery_counts; DROP TABLE retention_state;"  # noqa: S608
                        " DROP TRIGGER deliveries_count_insert ON deliveries;"
                        " DROP TRIGGER deliveries_count_update ON deliveries;"
                        " DROP TRIGGER deliveries_count_delete ON deliveries;"

@@ -19,9 +19,7 @@ from relay.store import (
     Settlement,
     Store,
 )
-from tests.pgdb import pg_databases  # noqa: F401 - fixture
 from tests.store.ledger import DAY, body_for, buyer, raw, stored_event
-from tests.store.test_store import anyio_backend, opener, store, store_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 DESTS = ("simmer", "impact")
@@ -62,7 +60,7 @@ def body_of(url: str, event_id: str) -> bytes:
     return bytes(raw(url, "SELECT body FROM events WHERE event_id = ?", (event_id,))[0][0])
 
 
-async def test_retention_erases_old_settled_records_and_keeps_what_dedupe_needs(store: Store, store_url: str) -> None:  # noqa: F811
+async def test_retention_erases_old_settled_records_and_keeps_what_dedupe_needs(store: Store, store_url: str) -> None:
     # recorded in the order they arrived (ids follow arrival)
     await store.record(stored_event("evt_ignored", body_for("ignored@example.com"), days_ago=45), [], both)
     old_body = body_for("ann.buyer@example.com", "cus_ann", '"name": "Ann Buyer"')
@@ -117,7 +115,7 @@ async def test_retention_erases_old_settled_records_and_keeps_what_dedupe_needs(
     assert claim.erased == RETENTION
 
 
-async def test_retention_works_in_bounded_batches(store: Store, store_url: str) -> None:  # noqa: F811
+async def test_retention_works_in_bounded_batches(store: Store, store_url: str) -> None:
     for i in range(12):
         await store.record(stored_event(f"evt_{i}", body_for(f"b{i}@example.com"), days_ago=40),
                            [buyer(f"ord_{i}", email=f"b{i}@example.com", days_ago=40 + i / 100)], both)
@@ -130,7 +128,7 @@ async def test_retention_works_in_bounded_batches(store: Store, store_url: str) 
     assert raw(store_url, "SELECT count(*) FROM events WHERE length(body) > 0") == [(0,)]
 
 
-async def test_retention_from_several_processes_at_once(opener, store_url: str) -> None:  # noqa: F811
+async def test_retention_from_several_processes_at_once(opener, store_url: str) -> None:
     stores = [await opener() for _ in range(3)]
     for i in range(30):
         await stores[0].record(stored_event(f"evt_{i}", body_for(f"b{i}@example.com"), days_ago=40),
@@ -154,7 +152,7 @@ async def test_retention_from_several_processes_at_once(opener, store_url: str) 
     assert raw(store_url, "SELECT count(*) FROM events WHERE length(body) > 0") == [(0,)]
 
 
-async def test_forget_by_email_erases_the_buyer_everywhere_and_nobody_else(store: Store, store_url: str) -> None:  # noqa: F811
+async def test_forget_by_email_erases_the_buyer_everywhere_and_nobody_else(store: Store, store_url: str) -> None:
     email = "Ann.Buyer@Example.com"
     # her purchase (customer id and email), a renewal carrying only her customer id, a
     # purchase without customer id (keyed by the email's hash), an ignored event naming her
@@ -202,7 +200,7 @@ async def test_forget_by_email_erases_the_buyer_everywhere_and_nobody_else(store
     assert (await store.record(stored_event("evt_a1", b"{}"), [], both)).duplicate
 
 
-async def test_forget_by_customer_id_and_after_retention(store: Store, store_url: str) -> None:  # noqa: F811
+async def test_forget_by_customer_id_and_after_retention(store: Store, store_url: str) -> None:
     await store.record(stored_event("evt_1", body_for("zoe@example.com", "cus_zoe"), days_ago=40),
                        [buyer("ord_1", email="zoe@example.com", customer_id="cus_zoe", days_ago=40)], both)
     await store.record(stored_event("evt_2", body_for("zoe@example.com", "cus_zoe")),

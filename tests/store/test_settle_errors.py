@@ -9,9 +9,7 @@ import time
 import pytest
 
 from relay.store import DELIVERED, PENDING, Attempt, Settlement, Store
-from tests.pgdb import pg_databases  # noqa: F401 - fixture
 from tests.store.ledger import buyer, stored_event
-from tests.store.test_store import anyio_backend, opener, store, store_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio
 
