@@ -40,7 +40,7 @@ async def run(url: str, n: int, concurrency: int, variant: str) -> dict:
     await setup.open()
     with psycopg.connect(url, autocommit=True) as conn:
         if variant == "single":
-            for fn in ("relay_count_inserted", "relay_count_deleted", "relay_count_moved"):
+            for fn in ("relay_count_inserted", "relay_count_deleted", "relay_count_updated"):
                 src = conn.execute("SELECT pg_get_functiondef(%s::regproc)", (fn,)).fetchone()[0]
                 conn.execute(src.replace(*SINGLE_ROW).encode())
         elif variant == "none":  # what the settle path cost before the counters

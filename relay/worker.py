@@ -729,7 +729,10 @@ def internal_reason(exc: Exception, dest: Destination) -> str:
                     f"internal error: the {_label(field)} contains a character HTTP headers"
                     f" cannot carry ({shown}) — check {env_name(dest.name, field)}"
                 )
-        return f"internal error: a request header would carry a character HTTP headers cannot ({shown})"
+        return (
+            "internal error: a request header would carry a character HTTP headers"
+            f" cannot carry ({shown})"
+        )
     text = str(exc) or type(exc).__name__
     for _, value in secrets:
         if len(value) >= 4:

@@ -36,7 +36,8 @@ SCAN_CHUNK = 2000  # rows `forget` reads per transaction while looking for a buy
 ERASE_CHUNK = 200  # conversions `forget` erases per transaction
 RETENTION = "retention"  # why a record's personal data is gone: `erased` / `Claim.erased`
 FORGET = "forget"
-ERASED_BY_FORGET = "erased by relay forget"  # the reason a forgotten buyer's pending deliveries fail
+# the reason a forgotten buyer's pending deliveries fail
+ERASED_BY_FORGET = "erased by relay forget"
 
 
 @dataclass(slots=True)

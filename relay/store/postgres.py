@@ -188,11 +188,12 @@ SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 
 
 # Version 3 (ERASURE_VERSION), run once under the migration lock, in its transaction:
-# delivery counts kept exact by triggers (statement-level with transition tables for
-# inserts and deletes, so a batch of 256 deliveries is one upsert; row-level for a status
-# change, fired only when the status really changes, so claims and lease extensions cost
-# nothing), sharded by backend; the oldest pending age from an index; erasure marks and
-# the indexes retention walks. CREATE TRIGGER locks `deliveries` against writes until
+# delivery counts kept exact by statement-level triggers with transition tables (a batch
+# of 256 new deliveries, or `relay retry --failed` requeueing 100k, is one aggregated
+# upsert; a row-level trigger would update the same counter row once per row, and each
+# such update in one transaction walks the versions the earlier ones left: quadratic),
+# sharded by backend; the oldest pending age from an index; erasure marks and the
+# indexes retention walks. CREATE TRIGGER locks `deliveries` against writes until
 # COMMIT, so the counts built at the end are exact even with other processes running.
 _ERASURE_STEP = """
 ALTER TABLE events ADD COLUMN IF NOT EXISTS erased_at double precision;
@@ -225,12 +226,16 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-CREATE OR REPLACE FUNCTION relay_count_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION relay_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO delivery_counts (destination, status, shard, n)
-    SELECT * FROM (VALUES (OLD.destination, OLD.status, pg_backend_pid(), -1::bigint),
-                          (NEW.destination, NEW.status, pg_backend_pid(), 1::bigint)) AS v
-     ORDER BY 1, 2
+    SELECT v.destination, v.status, pg_backend_pid(), sum(v.n)
+      FROM relay_old o JOIN relay_new w USING (id),
+           LATERAL (VALUES (o.destination, o.status, -1), (w.destination, w.status, 1))
+               AS v (destination, status, n)
+     WHERE o.status IS DISTINCT FROM w.status OR o.destination IS DISTINCT FROM w.destination
+     GROUP BY v.destination, v.status HAVING sum(v.n) <> 0
+     ORDER BY v.destination, v.status
     ON CONFLICT (destination, status, shard) DO UPDATE SET n = delivery_counts.n + EXCLUDED.n;
     RETURN NULL;
 END;
@@ -245,10 +250,9 @@ DROP TRIGGER IF EXISTS deliveries_count_insert ON deliveries;
 CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries
     REFERENCING NEW TABLE AS relay_new FOR EACH STATEMENT EXECUTE FUNCTION relay_count_inserted();
 DROP TRIGGER IF EXISTS deliveries_count_update ON deliveries;
-CREATE TRIGGER deliveries_count_update AFTER UPDATE OF status, destination ON deliveries
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.destination IS DISTINCT FROM NEW.destination)
-    EXECUTE FUNCTION relay_count_moved();
+CREATE TRIGGER deliveries_count_update AFTER UPDATE ON deliveries
+    REFERENCING OLD TABLE AS relay_old NEW TABLE AS relay_new
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_count_updated();
 DROP TRIGGER IF EXISTS deliveries_count_delete ON deliveries;
 CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries
     REFERENCING OLD TABLE AS relay_old FOR EACH STATEMENT EXECUTE FUNCTION relay_count_deleted();
@@ -841,7 +845,17 @@ class PostgresStore(Store):
                 in_doubt=bool(in_doubt),
                 erased=erased,
             )
-            for delivery_id, conversion_id, destination, attempts, recovered, in_doubt, data, created, erased in rows
+            for (
+                delivery_id,
+                conversion_id,
+                destination,
+                attempts,
+                recovered,
+                in_doubt,
+                data,
+                created,
+                erased,
+            ) in rows
         ]
 
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:

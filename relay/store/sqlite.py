@@ -60,7 +60,6 @@ from relay.store import (
     Settlement,
     Store,
     customer_key,
-    email_key,
     erase_personal,
     mentions,
 )
@@ -512,7 +511,8 @@ _ERASURE_STEP = (
     END""",
     # replaces deliveries_status (status, destination): the same lookups, plus the oldest
     # pending delivery of a destination in O(log n) — no extra index to write
-    "CREATE INDEX IF NOT EXISTS deliveries_status_age ON deliveries (status, destination, created_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_status_age"
+    " ON deliveries (status, destination, created_at)",
     "DROP INDEX IF EXISTS deliveries_status",
     # retention walks the conversions not erased yet by conversion time; forget and
     # retention find an event's other conversions. Both shrink as rows are erased.
@@ -660,7 +660,8 @@ def _claim(
     data = dict(
         (r[0], (r[1], r[2], r[3]))
         for r in conn.execute(
-            f"SELECT id, data, created_at, erased_by FROM conversions WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+            "SELECT id, data, created_at, erased_by FROM conversions"  # noqa: S608
+            f" WHERE id IN ({','.join('?' * len(ids))})",
             tuple(ids),
         )
     )
@@ -774,8 +775,8 @@ def _deliveries(
     sql = (
         "SELECT d.id, d.destination, d.status, d.attempts,"
         " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
-        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at, d.updated_at,"
-        " c.erased_by"
+        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at,"
+        " d.updated_at, c.erased_by"
         " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY d.id DESC LIMIT ?"
@@ -897,9 +898,7 @@ def _retain(
             break
         position = eid
         if unerased and not has_data:  # with data: its conversions' erasure takes it
-            conn.execute(
-                "UPDATE events SET body = x'', erased_at = ? WHERE id = ?", (now, eid)
-            )
+            conn.execute("UPDATE events SET body = x'', erased_at = ? WHERE id = ?", (now, eid))
             result.events += 1
     else:
         result.done = len(rows) < limit
@@ -1021,7 +1020,11 @@ def _forget_chunk(
             own_events.add(event_row)
             if erased_at is not None and erased_by == FORGET and key is None:
                 continue
-            data = raw if erased_at is not None else erase_personal(Conversion.from_json(raw)).to_json()
+            data = (
+                raw
+                if erased_at is not None
+                else erase_personal(Conversion.from_json(raw)).to_json()
+            )
             conn.execute(
                 "UPDATE conversions SET data = ?, erased_at = coalesce(erased_at, ?),"
                 " erased_by = ?, customer_key = NULL WHERE id = ?",
