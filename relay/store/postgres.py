@@ -228,6 +228,12 @@ END;
 $$;
 CREATE OR REPLACE FUNCTION relay_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- claims, lease extensions and send marks change no status: done (~10 us, not ~30)
+    IF NOT EXISTS (SELECT 1 FROM relay_old o JOIN relay_new w USING (id)
+                    WHERE o.status IS DISTINCT FROM w.status
+                       OR o.destination IS DISTINCT FROM w.destination) THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO delivery_counts (destination, status, shard, n)
     SELECT v.destination, v.status, pg_backend_pid(), sum(v.n)
       FROM relay_old o JOIN relay_new w USING (id),
