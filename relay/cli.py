@@ -231,11 +231,20 @@ def retry(settings: Settings, args: argparse.Namespace) -> None:
 
     count, erased = asyncio.run(run())
     print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
-    for row in erased:  # never sent without its buyer: refused, and said so
-        why = "relay forget" if row.erased == "forget" else "retention (RELAY_RETENTION_DAYS)"
+    # never sent without its buyer: refused, and said so
+    if args.ids:
+        for row in erased:
+            why = "relay forget" if row.erased == "forget" else "retention (RELAY_RETENTION_DAYS)"
+            print(
+                f"delivery {row.id} ({row.destination} {row.order_key}) not requeued: its"
+                f" buyer's personal data was removed by {why}, so it cannot be sent again",
+                file=sys.stderr,
+            )
+    elif erased:
         print(
-            f"delivery {row.id} ({row.destination} {row.order_key}) not requeued: its buyer's"
-            f" personal data was removed by {why}, so it cannot be sent again",
+            f"{len(erased)}{'+' if len(erased) >= 1000 else ''} deliver"
+            f"{'y' if len(erased) == 1 else 'ies'} left as they are: their buyer's personal"
+            " data was removed by retention or relay forget, so they cannot be sent again",
             file=sys.stderr,
         )
     if erased and not count:
