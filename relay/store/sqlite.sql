@@ -1,6 +1,5 @@
--- relay ledger, SQLite flavour (schema version 4)
--- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
--- indexes on them are created there, after the columns exist.
+-- relay ledger, SQLite flavour (schema version 5; columns and steps added after version 1
+-- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -51,7 +50,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 5 step)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id           INTEGER PRIMARY KEY,
