@@ -335,6 +335,8 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(5.0, gt=0, le=600)
     max_connections: int = Field(1000, ge=1)
     trusted_proxies: CSV = []
+    # personal data of settled records older than this many days is erased; 0 keeps it
+    retention_days: int = Field(30, ge=0, le=36500)
     log_level: str = "INFO"
 
     stripe: StripeSettings = StripeSettings()
@@ -738,7 +740,7 @@ def value_problems(
         yield (
             ("admin_token",),
             f"{where('admin_token')} must be at least {ADMIN_TOKEN_MIN_LENGTH} characters: it"
-            " signs in to the console; make one with"
+            " guards the console and /metrics; make one with"
             " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
         )
     try:

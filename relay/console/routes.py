@@ -57,6 +57,7 @@ from relay.store import (
     QUARANTINED,
     SKIPPED,
     STATUSES,
+    DeliveryRow,
     email_hash,
 )
 from relay.throttle import Throttle
@@ -138,6 +139,21 @@ def _day(text: str, field: str) -> float | None:
     except ValueError:
         raise Refused(400, f"{field}: give a date as YYYY-MM-DD, not {text[:20]!r}") from None
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def _cursor(text: str) -> tuple[float, int] | None:
+    """An Older link's position, "time:id" (the last row shown), or None for the newest."""
+    if not text:
+        return None
+    at, _, row = text.partition(":")
+    try:
+        return float(at), int(row)
+    except ValueError:
+        raise Refused(400, "before must be a position from an Older link") from None
+
+
+def _position(row: DeliveryRow) -> str:
+    return f"{row.created_at!r}:{row.id}"
 
 
 def _int(text: str | None, field: str) -> int | None:
@@ -414,7 +430,7 @@ class Console:
         until = _day(query.get("until", ""), "to")
         if until is not None:
             until += 86400  # the whole day given
-        before = _int(query.get("before"), "before")
+        before = _cursor(query.get("before", ""))
         rows = await self.relay.store.delivery_page(
             STATUSES if status == "any" else [status],
             [destination] if destination else names,
@@ -441,7 +457,7 @@ class Console:
             destinations=list(self.relay.destinations) or names,
             sources=SOURCE_FIELDS,
             params=params,
-            older={**params, "before": rows[-1].id} if more and rows else None,
+            older={**params, "before": _position(rows[-1])} if more and rows else None,
             paged=before is not None,
         )
 
@@ -573,14 +589,7 @@ class Console:
         if source and source not in SOURCE_FIELDS:
             raise Refused(400, f"no source {source[:40]!r}")
         since = _day(query.get("since", ""), "since")
-        before = None
-        cursor = query.get("before", "")
-        if cursor:
-            at, _, row = cursor.partition(":")
-            try:
-                before = (float(at), int(row))
-            except ValueError:
-                raise Refused(400, "before must be a cursor from an Older link") from None
+        before = _cursor(query.get("before", ""))
         rows = await self.relay.store.events(
             [status], source or None, since, PAGE + 1, before=before
         )
@@ -589,7 +598,7 @@ class Console:
         params = {k: v for k, v in query.items() if k != "before" and v}
         older = None
         if more and rows:
-            older = {**params, "before": f"{rows[-1].received_at!r}:{rows[-1].id}"}
+            older = {**params, "before": f"{rows[-1].received_at!r}:{rows[-1].id}"}  # keyset
         return self.render(
             request,
             "events.html",

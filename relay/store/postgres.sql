@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 5).
+-- relay ledger, PostgreSQL flavour (schema version 6).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
--- version 5 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- version 6 (the console): the SHA-256 of the buyer's normalized email, so a search by
 -- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
 ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
 CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
@@ -64,11 +64,7 @@ ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
 
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
--- version 5: with the id, so that a page of one destination's failed (or any) deliveries,
--- newest first, is a walk down the index (the console); it serves what
--- deliveries_status (status, destination) served, which it replaces.
-CREATE INDEX IF NOT EXISTS deliveries_status_id ON deliveries (status, destination, id);
-DROP INDEX IF EXISTS deliveries_status;
+-- (deliveries by status: deliveries_status_age, created by the version 5 step in postgres.py)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -102,7 +98,7 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     lease_until     double precision
 );
 
--- version 5 (the console): webhooks by source and outcome and delivery results by
+-- version 6 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (

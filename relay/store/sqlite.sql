@@ -1,6 +1,5 @@
--- relay ledger, SQLite flavour (schema version 5)
--- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
--- indexes on them are created there, after the columns exist.
+-- relay ledger, SQLite flavour (schema version 6; columns and steps added after version 1
+-- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -52,7 +51,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 5 step)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id           INTEGER PRIMARY KEY,
@@ -86,7 +85,7 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     lease_until     REAL
 );
 
--- version 5 (the console): webhooks by source and outcome and delivery results by
+-- version 6 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (

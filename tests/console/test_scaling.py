@@ -99,7 +99,7 @@ def pages(middle_row: int, first_day: float) -> list[str]:
         "/console/deliveries",
         "/console/deliveries?status=failed&destination=simmer",
         "/console/deliveries?status=any",
-        "/console/deliveries?status=skipped&destination=impact&before=3000",
+        f"/console/deliveries?status=skipped&destination=impact&before={first_day + 9000!r}:3000",
         f"/console/deliveries?status=any&since={day}&until={day}",
         f"/console/search?q=buyer{middle_row}@example.com",
         f"/console/search?q=cs_{middle_row}",

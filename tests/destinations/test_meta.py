@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,12 +36,10 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture(autouse=True)
-def _now() -> None:
-    """NOW is when each test runs, not when the module was imported: the suite may spend
-    minutes on other tests in between, and a conversion made after NOW reads as one from
-    the future (clamped or dropped by the destination)."""
-    global NOW
-    NOW = datetime.now(UTC)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is the time each test starts, not the time the module was imported (the
+    sample conversions are dated a few minutes before the moment they are built)."""
+    monkeypatch.setattr(sys.modules[__name__], "NOW", datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")

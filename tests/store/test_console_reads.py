@@ -108,7 +108,7 @@ async def test_delivery_pages_walk_every_row_once_newest_first(store: Store) -> 
             break
         assert len(page) <= 5
         seen.extend(row.id for row in page)
-        before = page[-1].id
+        before = (page[-1].created_at, page[-1].id)
     assert len(seen) == 46 and len(set(seen)) == 46 and seen == sorted(seen, reverse=True)
     failed = await store.delivery_page([FAILED], ["simmer"], limit=100)
     assert len(failed) == 23
@@ -143,7 +143,8 @@ async def test_delivery_pages_filter_by_source_and_time_recorded(store: Store) -
     assert len(await store.delivery_page(STATUSES, ["simmer"], until=now + day, limit=100)) == 10
     assert await store.delivery_page(STATUSES, ["simmer"], until=now - 20 * day) == []
     both = await store.delivery_page(STATUSES, ["simmer"], source="paddle", since=now - 7.5 * day,
-                                     until=now - 3.5 * day, before=by_source[1].id)
+                                     until=now - 3.5 * day,
+                                     before=(by_source[1].created_at, by_source[1].id))
     assert [r.order_key for r in both] == ["o3"]
 
 
