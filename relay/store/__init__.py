@@ -181,6 +181,7 @@ class StoredConversion:
     event_row: int
     created_at: float
     conversion: Conversion
+    erased: str | None = None  # RETENTION or FORGET: its personal data is gone
 
 
 @dataclass(slots=True)

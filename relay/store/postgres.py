@@ -276,7 +276,7 @@ def delivery_page_sql(
 
 def _stored_conversion(row: Sequence[Any]) -> StoredConversion:
     return StoredConversion(
-        int(row[0]), int(row[1]), float(row[2]), Conversion.from_json(bytes(row[3]))
+        int(row[0]), int(row[1]), float(row[2]), Conversion.from_json(bytes(row[3])), row[4]
     )
 
 
@@ -1467,7 +1467,7 @@ class PostgresStore(Store):
     async def conversion(self, conversion_id: int) -> StoredConversion | None:
         async with self._conn("query failed") as conn:
             cur = await conn.execute(
-                "SELECT id, event_row, created_at, data FROM conversions WHERE id = %s",
+                "SELECT id, event_row, created_at, data, erased_by FROM conversions WHERE id = %s",
                 (conversion_id,),
             )
             row = await cur.fetchone()
@@ -1505,7 +1505,7 @@ class PostgresStore(Store):
             where = where + sql.SQL(" AND id < %s")
             args.append(before)
         query = sql.SQL(
-            "SELECT id, event_row, created_at, data FROM conversions WHERE {where}"
+            "SELECT id, event_row, created_at, data, erased_by FROM conversions WHERE {where}"
             " ORDER BY id DESC LIMIT %s"
         ).format(where=where)
         async with self._conn("query failed") as conn:

@@ -1319,11 +1319,11 @@ def _delivery_page(
     return rows[:limit]
 
 
-_CONVERSION_COLUMNS = "id, event_row, created_at, data"
+_CONVERSION_COLUMNS = "id, event_row, created_at, data, erased_by"
 
 
 def _stored_conversion(row: tuple[Any, ...]) -> StoredConversion:
-    return StoredConversion(row[0], row[1], row[2], Conversion.from_json(row[3]))
+    return StoredConversion(row[0], row[1], row[2], Conversion.from_json(row[3]), row[4])
 
 
 def _conversion(conn: sqlite3.Connection, conversion_id: int) -> StoredConversion | None:

@@ -241,3 +241,18 @@ async def test_a_schema_4_ledger_gets_email_hashes_in_place(store_url: str) -> N
         assert [c.conversion.order_key for c in found] == ["o4", "o1"]
     finally:
         await upgraded.close()
+
+
+async def test_forget_clears_the_email_hash_and_the_page_says_erased(store: Store) -> None:
+    now = time.time()
+    await store.record(event("e1", now), [conversion("o1", email="Gone@Example.com")], everywhere)
+    await store.record(event("e2", now), [conversion("o2", email="kept@example.com")], everywhere)
+    [before] = await store.find_conversions(SOURCES, email_hash=email_hash("gone@example.com"))
+    assert before.erased is None
+    forgotten = await store.forget(email="gone@example.com", now=now)
+    assert forgotten.conversions == 1
+    assert await store.find_conversions(SOURCES, email_hash=email_hash("gone@example.com")) == []
+    assert len(await store.find_conversions(SOURCES, email_hash=email_hash("kept@example.com"))) == 1
+    erased = await store.conversion(before.id)
+    assert erased is not None and erased.erased == "forget"
+    assert erased.conversion.customer.email is None
