@@ -5,6 +5,17 @@ from pathlib import Path
 
 import pytest
 
+# The session-wide destination stand-ins (reset for every test), for tests anywhere.
+from tests.destinations.conftest import (  # noqa: F401 - fixtures
+    converge_emu,
+    converge_server,
+    pagent_emu,
+    pagent_server,
+    topmail_emu,
+    topmail_server,
+    webhook_emu,
+    webhook_server,
+)
 from tests.emulators.base import free_port
 from tests.emulators.impact import ImpactEmulator
 from tests.emulators.simmer import SimmerEmulator
