@@ -91,7 +91,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     uvicorn.run(
         app,
         host=args.host or settings.host,
-        port=args.port or settings.listen_port,
+        port=settings.listen_port if args.port is None else args.port,  # 0: any free port
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
