@@ -16,7 +16,6 @@ from tests.destinations.conftest import (  # noqa: F401 - fixtures
     webhook_emu,
     webhook_server,
 )
-from tests.emulators.base import free_port
 from tests.emulators.impact import ImpactEmulator
 from tests.emulators.simmer import SimmerEmulator
 from tests.helpers import (
@@ -66,7 +65,7 @@ def relay_factory(tmp_path: Path) -> Iterator:
     started: list[RelayProcess] = []
 
     def make(env: dict[str, str], *args: str, port: int | None = None, start: bool = True) -> RelayProcess:
-        proc = RelayProcess(env, tmp_path, port or free_port(), args)
+        proc = RelayProcess(env, tmp_path, port, args)
         started.append(proc)
         return proc.start() if start else proc
 
