@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+async def wait_async(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0,
+                     message: str = "condition") -> Any:
+    """`wait_until` inside a test's event loop: await `predicate()` until it is truthy."""
+    deadline = time.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------ Stripe

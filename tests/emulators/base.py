@@ -145,8 +145,9 @@ class Emulator:
 
     def start(self) -> Emulator:
         app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST", "PUT", "DELETE"])])
+        # timeout_graceful_shutdown: a deliberately slow answer (emu.delay) must not hold stop()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False, timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         if self._sock is None:  # restarted after stop(): take the same port again
             self._sock = reserve_port(self.port)

@@ -322,7 +322,7 @@ def test_transient_lookup_failure_raises_and_is_not_cached(
 def test_lookup_timeout_and_connection_failure_raise(app, paddle_api, tmp_path, monkeypatch):
     from relay import enrich
     from relay.errors import EnrichmentUnavailable
-    from tests.emulators.base import free_port
+    from tests.emulators.base import reserve_port
 
     monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.3)
     customer = entity("customer.created")
@@ -338,8 +338,9 @@ def test_lookup_timeout_and_connection_failure_raise(app, paddle_api, tmp_path, 
     assert isinstance(timed_out, EnrichmentUnavailable) and "timed out" in str(timed_out)
     assert recovered.customer.email == "jo@example.com"
 
-    _, closed = _enrich_with(app, f"http://127.0.0.1:{free_port()}", tmp_path)
-    [refused] = _run(closed, lambda e: e(conv, "simmer"))
+    with reserve_port() as down:  # held, not listening: connections are refused
+        _, closed = _enrich_with(app, f"http://127.0.0.1:{down.getsockname()[1]}", tmp_path)
+        [refused] = _run(closed, lambda e: e(conv, "simmer"))
     assert isinstance(refused, EnrichmentUnavailable) and "ConnectError" in str(refused)
 
 

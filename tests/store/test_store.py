@@ -264,9 +264,10 @@ async def test_concurrent_claims_never_overlap(opener) -> None:
 @pytest.mark.postgres
 async def test_postgres_unavailable_raises_store_error() -> None:
     from relay.store.postgres import PostgresStore
-    from tests.emulators.base import free_port
+    from tests.emulators.base import reserve_port
 
-    store = PostgresStore(f"postgres://relay:s3cret-pw@127.0.0.1:{free_port()}/relay")
+    down = reserve_port()  # held, not listening: connections are refused
+    store = PostgresStore(f"postgres://relay:s3cret-pw@127.0.0.1:{down.getsockname()[1]}/relay")
     with pytest.raises(StoreError) as info:
         await store.open()
     assert "s3cret-pw" not in str(info.value)
@@ -274,6 +275,7 @@ async def test_postgres_unavailable_raises_store_error() -> None:
         await store.ping()
     with pytest.raises(StoreError):
         await store.claim(["simmer"], 1, 1, time.time())
+    down.close()
 
 
 @pytest.mark.postgres
