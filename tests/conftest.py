@@ -28,16 +28,31 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-def simmer() -> Iterator[SimmerEmulator]:
+@pytest.fixture(scope="session")
+def simmer_server() -> Iterator[SimmerEmulator]:
     with SimmerEmulator(SIMMER_KEY, SIMMER_PROJECT) as emu:
         yield emu  # type: ignore[misc]
 
 
-@pytest.fixture
-def impact() -> Iterator[ImpactEmulator]:
+@pytest.fixture(scope="session")
+def impact_server() -> Iterator[ImpactEmulator]:
     with ImpactEmulator(IMPACT_SID, IMPACT_TOKEN) as emu:
         yield emu  # type: ignore[misc]
+
+
+@pytest.fixture
+def simmer(simmer_server: SimmerEmulator) -> Iterator[SimmerEmulator]:
+    """The Simmer stand-in, as fresh as a new one (one server per session, reset per test)."""
+    simmer_server.reset()
+    yield simmer_server
+    simmer_server.reset()
+
+
+@pytest.fixture
+def impact(impact_server: ImpactEmulator) -> Iterator[ImpactEmulator]:
+    impact_server.reset()
+    yield impact_server
+    impact_server.reset()
 
 
 def core_env(db: Path, simmer_url: str, impact_url: str) -> dict[str, str]:

@@ -170,3 +170,67 @@ async def run_worker(
 def deliver(db: Path, destinations: dict[str, Destination], conversions: Sequence[Conversion],
             **kw: Any) -> list[DeliveryRow]:
     return asyncio.run(run_worker(db, destinations, conversions, **kw))
+
+
+class WorkerRun:
+    """A real Worker on a real SQLite ledger, driven step by step from a test's event loop:
+
+        async with WorkerRun(db, {"converge": dest}, settings) as run:
+            await run.record(sample())
+            [row] = await run.until(lambda rows: rows[0].status == "failed", "dead letter")
+    """
+
+    def __init__(self, db: Path, destinations: dict[str, Destination],
+                 worker_settings: WorkerSettings = FAST) -> None:
+        self.store = SQLiteStore(f"sqlite:///{db}")
+        self.destinations = destinations
+        self.settings = worker_settings
+        self.worker: Worker | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WorkerRun:
+        await self.store.open()
+        self.start()
+        return self
+
+    def start(self) -> None:
+        self.worker = Worker(self.store, self.destinations, self.settings)
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> float:
+        """Stop the worker as SIGTERM does; the seconds it took to return."""
+        assert self.worker is not None and self.task is not None
+        started = time.monotonic()
+        await self.worker.stop()
+        await asyncio.wait_for(self.task, 60)
+        self.worker = self.task = None
+        return time.monotonic() - started
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            if self.worker is not None:
+                await self.stop()
+        finally:
+            await self.store.close()
+
+    async def record(self, *conversions: Conversion, received_at: float | None = None) -> None:
+        await self.store.record(
+            EventRecord("stripe", f"evt_{uuid.uuid4().hex}", "test",
+                        time.time() if received_at is None else received_at, b"{}"),
+            conversions, lambda c: [n for n, d in self.destinations.items() if d.accepts(c)])
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def rows(self) -> list[DeliveryRow]:
+        return sorted(await self.store.deliveries(limit=1000), key=lambda r: r.id)
+
+    async def until(self, predicate: Any, message: str, timeout: float = 20.0) -> list[DeliveryRow]:
+        """Wait until `predicate(rows)` holds (rows oldest first); the rows then."""
+        deadline = time.time() + timeout
+        while True:
+            rows = await self.rows()
+            if rows and predicate(rows):
+                return rows
+            if time.time() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {message}: {rows}")
+            await asyncio.sleep(0.02)

@@ -1,0 +1,372 @@
+"""Stand-ins as strict as the documents, and relay meeting them.
+
+- A request is validated before an injected fault is answered: a rule broken
+  while a fault is queued is a rejection, and the fault waits for a valid request.
+- The rules themselves: ISO 4217 codes only, real dates, impact's field limits.
+- What the documents say relay must do with the answers: topmail's
+  `contact_not_found`, impact's 429 with `X-RateLimit-*`.
+- Every destination's default kinds, impact's customer status, discounts with
+  items and promo codes, Simmer's 1,000,000 ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+import pytest
+
+from relay.conversion import KINDS, Item
+from relay.destinations import Destination, Skip
+from relay.destinations.impact import Impact
+from relay.destinations.simmer import Simmer
+from relay.destinations.topmail import Topmail
+from relay.settings import (
+    ConvergeSettings,
+    ImpactSettings,
+    PagentSettings,
+    SimmerSettings,
+    TopmailSettings,
+    WebhookSettings,
+    WorkerSettings,
+)
+from tests.destinations.conftest import TOPMAIL_KEY, WorkerRun, sample
+from tests.destinations.test_amounts import WIRE
+from tests.emulators.base import Emulator
+from tests.emulators.impact import ImpactEmulator
+from tests.emulators.simmer import SimmerEmulator
+from tests.emulators.topmail import TopmailEmulator
+from tests.helpers import IMPACT_SID, IMPACT_TOKEN, SIMMER_KEY, SIMMER_PROJECT
+
+QUICK = WorkerSettings(retry_base_seconds=30, retry_max_seconds=60, poll_seconds=0.2, lease_seconds=30)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def wire(name: str):  # type: ignore[no-untyped-def]
+    return next(w for w in WIRE if w.destination == name)
+
+
+@pytest.fixture
+def stand_ins(simmer, impact, pagent_emu, topmail_emu, converge_emu, webhook_emu) -> dict[str, Emulator]:
+    return {"simmer": simmer, "impact": impact, "pagent": pagent_emu, "topmail": topmail_emu,
+            "converge": converge_emu, "webhook": webhook_emu}
+
+
+def send(request: httpx.Request) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.send(request)
+
+
+def resend(request: httpx.Request, change) -> httpx.Response:  # type: ignore[no-untyped-def]
+    """The same request with its body changed by `change` (JSON or form)."""
+    if request.headers["content-type"].startswith("application/json"):
+        body = json.loads(request.content)
+        change(body)
+        content = json.dumps(body).encode()
+    else:
+        form = dict(parse_qsl(request.content.decode()))
+        change(form)
+        content = urlencode(form).encode()
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+    return send(httpx.Request(request.method, request.url, content=content, headers=headers))
+
+
+# ------------------------------------------------------------------ validate, then inject
+
+
+def test_a_rule_broken_while_a_fault_is_queued_is_a_rejection(simmer):
+    dest = wire("simmer").make(simmer, "USD")
+    good = dest.build(sample(), now())
+    simmer.fail_next(1, 503, body={"error": "injected outage"})
+    bad = resend(good, lambda b: b.update(currency="usd"))
+    assert bad.status_code == 400 and "currency" in bad.text
+    assert [code for _, code, _ in simmer.rejected] == [400] and simmer.faulted == []
+    assert send(good).status_code == 503  # the fault waited for a valid request
+    assert [code for _, code in simmer.faulted] == [503]
+    assert send(good).status_code == 200
+    assert len(simmer.accepted) == 1 and simmer.writes == {f"order:{SIMMER_PROJECT}:{json.loads(good.content)['order_id']}": 1}
+
+
+def test_a_faulted_request_changes_nothing(topmail_emu):
+    """The fault is the answer: topmail did not record the order, so the retry is a 201, not a 409."""
+    dest = wire("topmail").make(topmail_emu, "USD")
+    request = dest.build(sample(), now())
+    topmail_emu.fail_next(1, 500, body={"error": {"code": "server_error", "message": "x", "path": None}})
+    assert send(request).status_code == 500
+    assert topmail_emu.conversions == {}
+    assert send(request).status_code == 201
+
+
+# ------------------------------------------------------------------ the rules
+
+
+def signed_with(monkeypatch: pytest.MonkeyPatch, change) -> None:  # type: ignore[no-untyped-def]
+    """The generic webhook's body is signed: change the payload before relay signs it."""
+    import relay.destinations.webhook as module
+
+    original = module.payload
+
+    def changed(conversion):  # type: ignore[no-untyped-def]
+        body = original(conversion)
+        change(body)
+        return body
+
+    monkeypatch.setattr(module, "payload", changed)
+
+
+@pytest.mark.parametrize("name", ["simmer", "impact", "topmail", "converge", "webhook"])
+@pytest.mark.parametrize("code", ["XYZ", "usd", "US$", "XXX"])
+def test_non_iso_currency_codes_are_refused(name, code, stand_ins, monkeypatch):
+    emu = stand_ins[name]
+    dest = wire(name).make(emu, "USD")
+    request = dest.build(sample(), now())
+    assert send(request).status_code in (200, 201)  # the request as relay builds it passes
+
+    def change(body: dict[str, Any]) -> None:
+        if name == "impact":
+            body["CurrencyCode"] = code
+        elif name == "converge":
+            body["properties"]["currency"] = code
+        elif name == "webhook":
+            body["data"]["currency"] = code
+        else:
+            body["currency"] = code
+
+    if name == "webhook":
+        signed_with(monkeypatch, change)
+        response = send(dest.build(sample(), now()))
+    else:
+        response = resend(request, change)
+    assert response.status_code == 400, (name, code, response.text)
+    assert "currency" in response.text.lower()
+
+
+@pytest.mark.parametrize(("name", "field"), [
+    ("simmer", "occurred_at"), ("converge", "timestamp"), ("impact", "EventDate"),
+])
+def test_impossible_dates_are_a_400_not_a_500(name, field, stand_ins):
+    emu = stand_ins[name]
+    request = wire(name).make(emu, "USD").build(sample(), now())
+    impossible = "2024-02-31T12:00:00Z" if name != "impact" else "2024-02-31T12:00:00+00:00"
+    response = resend(request, lambda b: b.update({field: impossible}))
+    assert response.status_code == 400, response.text
+    assert [code for _, code, _ in emu.rejected] == [400]
+
+
+def test_webhook_receiver_refuses_an_impossible_date(webhook_emu, monkeypatch):
+    signed_with(monkeypatch, lambda body: body["data"].update(occurred_at="2024-02-31T12:00:00Z"))
+    response = send(wire("webhook").make(webhook_emu, "USD").build(sample(), now()))
+    assert response.status_code == 400 and "occurred_at" in response.text
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda f: (f.pop("EventTypeId"), f.update(EventTypeCode="x" * 65)), "EventTypeCode"),
+    (lambda f: (f.pop("EventTypeId"), f.update(ActionTrackerId="98a")), "ActionTrackerId"),
+    (lambda f: f.update(ActionTrackerId="9876"), "EventTypeId"),  # two event types at once
+    (lambda f: f.update(CustomProfileId="p" * 71), "CustomProfileId"),
+    (lambda f: f.update(CustomerStatus="Returning"), "CustomerStatus"),
+    (lambda f: f.update(OrderPromoCode="P" * 65), "OrderPromoCode"),
+])
+def test_impact_field_limits(change, field, impact):
+    request = wire("impact").make(impact, "USD").build(sample(), now())
+    response = resend(request, change)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize("change", [
+    lambda f: (f.pop("EventTypeId"), f.update(EventTypeCode="x" * 64)),
+    lambda f: (f.pop("EventTypeId"), f.update(ActionTrackerId="9876")),
+    lambda f: f.update(CustomProfileId="p" * 70),
+    lambda f: f.update(CustomerStatus="existing"),
+])
+def test_impact_field_limits_are_inclusive(change, impact):
+    request = wire("impact").make(impact, "USD").build(sample(), now())
+    assert resend(request, change).status_code == 200
+
+
+# ------------------------------------------------------------------ answers relay must handle
+
+
+def test_topmail_contact_not_found_is_a_permanent_failure(tmp_path: Path):
+    """topmail answers 404 contact_not_found for an email with no contact: failed at once,
+    with topmail's reason, never retried; a known contact is delivered."""
+    with TopmailEmulator(TOPMAIL_KEY, contacts={"known@example.com"}) as emu:
+        dest = Topmail(TopmailSettings(api_key=TOPMAIL_KEY, url=emu.url))
+        unknown = sample()  # buyer@example.com
+        known = sample(customer=sample().customer.__class__(email="Known@Example.com", id="cus_K"))
+
+        async def go():
+            async with WorkerRun(tmp_path / "t.db", {"topmail": dest}, QUICK) as run:
+                await run.record(unknown, known)
+                return await run.until(lambda rows: all(r.status != "pending" for r in rows), "settled")
+
+        rows = asyncio.run(go())
+        by_email = {r.order_key: r for r in rows}
+        failed, delivered = by_email[unknown.order_key], by_email[known.order_key]
+        assert (failed.status, failed.attempts, failed.last_status_code) == ("failed", 1, 404)
+        assert failed.last_error == "HTTP 404 contact_not_found: topmail has no contact with this email"
+        assert delivered.status == "delivered"
+        assert [code for _, code, _ in emu.rejected] == [404] and len(emu.accepted) == 1
+        assert "buyer@example.com" not in (failed.last_error or "")
+
+
+def test_impact_429_waits_for_x_ratelimit_reset(tmp_path: Path):
+    """impact's 429 carries X-RateLimit-Reset (an epoch second) and no Retry-After: the retry
+    is due at the reset, not after the usual backoff and not at once."""
+    with ImpactEmulator(IMPACT_SID, IMPACT_TOKEN) as emu:
+        emu.rate_limit_per_minute = 1
+        dest = Impact(ImpactSettings(account_sid=IMPACT_SID, auth_token=IMPACT_TOKEN, campaign_id=1000,
+                                     event_type_id=9876, url=emu.url))
+        settings = QUICK.model_copy(update={"retry_base_seconds": 1, "retry_max_seconds": 2})
+
+        async def go():
+            async with WorkerRun(tmp_path / "i.db", {"impact": dest}, settings) as run:
+                await run.record(sample(), sample())
+                return await run.until(
+                    lambda rows: {r.status for r in rows} == {"delivered", "pending"}
+                    and all(r.last_status_code for r in rows), "one delivered, one limited")
+
+        rows = asyncio.run(go())
+        [(_, code, _)] = emu.rejected
+        seen = emu.requests[-1]
+        assert code == 429
+        [limited] = [r for r in rows if r.status == "pending"]
+        reset = emu.accepted[0].at + 60  # the window opened by the accepted request
+        assert limited.last_status_code == 429 and "HTTP 429" in limited.last_error
+        assert reset - 2 <= limited.next_attempt_at <= reset + 3, (limited.next_attempt_at - seen.at)
+
+
+def test_impact_rate_limit_reset_forms():
+    from relay.destinations.impact import rate_limit_reset
+
+    def reset(value: str | None) -> float | None:
+        headers = {} if value is None else {"X-RateLimit-Reset": value}
+        return rate_limit_reset(httpx.Response(429, headers=headers))
+
+    assert 118 <= reset(str(int(time.time()) + 120)) <= 120
+    assert reset(str(int(time.time()) - 30)) == 0.0
+    assert reset("45") == 45.0  # the older page: seconds until the reset
+    assert reset(None) is None and reset("soon") is None and reset("-5") is None
+
+
+# ------------------------------------------------------------------ what each destination takes
+
+
+DEFAULT_KINDS = {
+    "simmer": ["purchase", "subscription_renewed"],
+    "impact": ["purchase", "subscription_renewed"],
+    "pagent": ["purchase", "subscription_renewed"],
+    "topmail": ["purchase", "subscription_started", "subscription_renewed"],
+    "converge": ["purchase", "subscription_started", "subscription_renewed", "subscription_cancelled"],
+    "webhook": ["purchase", "subscription_started", "subscription_renewed", "subscription_cancelled", "refund"],
+}
+
+
+def test_default_kinds_are_the_documented_ones():
+    settings = {"simmer": SimmerSettings(), "impact": ImpactSettings(), "pagent": PagentSettings(),
+                "topmail": TopmailSettings(), "converge": ConvergeSettings(), "webhook": WebhookSettings()}
+    assert {name: s.kinds for name, s in settings.items()} == DEFAULT_KINDS
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_KINDS))
+def test_every_default_kind_reaches_the_stand_in(name, stand_ins):
+    emu = stand_ins[name]
+    dest: Destination = wire(name).make(emu, "USD")
+    for kind in KINDS:
+        conv = sample(kind, total=Decimal("10.00"), tax=Decimal("0"), subtotal=Decimal("10.00"),
+                      items=(Item(quantity=1, price=Decimal("10.00"), sku="S"),))
+        assert dest.accepts(conv) == (kind in DEFAULT_KINDS[name]), (name, kind)
+        if not dest.accepts(conv):
+            continue
+        built = dest.build(conv, now())
+        assert not isinstance(built, Skip), (name, kind, built)
+        response = send(built)
+        assert response.status_code in (200, 201), (name, kind, response.text)
+    assert len(emu.accepted) == len(DEFAULT_KINDS[name]) and emu.rejected == []
+
+
+def test_converge_event_name_per_kind_and_topmail_type_per_kind(converge_emu, topmail_emu):
+    names = {}
+    for kind in DEFAULT_KINDS["converge"]:
+        send(wire("converge").make(converge_emu, "USD").build(sample(kind), now()))
+        names[kind] = converge_emu.accepted[-1].parsed["event_name"]
+    assert names == {"purchase": "Placed Order", "subscription_started": "Started Subscription",
+                     "subscription_renewed": "Placed Recurring Subscription Order",
+                     "subscription_cancelled": "Cancelled Subscription"}
+    types = {}
+    for kind in DEFAULT_KINDS["topmail"]:
+        send(wire("topmail").make(topmail_emu, "USD").build(sample(kind), now()))
+        types[kind] = topmail_emu.accepted[-1].parsed["type"]
+    assert types == {"purchase": "purchase", "subscription_started": "signup", "subscription_renewed": "custom"}
+
+
+# ------------------------------------------------------------------ impact's order details
+
+
+def impact_form(impact: ImpactEmulator, **changes: Any) -> dict[str, str]:
+    response = send(wire("impact").make(impact, "USD").build(sample(**changes), now()))
+    assert response.status_code == 200, response.text
+    return impact.accepted[-1].parsed
+
+
+@pytest.mark.parametrize(("new", "status"), [(True, "New"), (False, "Existing"), (None, None)])
+def test_impact_customer_status(new, status, impact):
+    assert impact_form(impact, new_customer=new).get("CustomerStatus") == status
+
+
+def test_impact_discount_with_items_and_promo_code(impact):
+    """Items carry their line totals before the discount; the discount goes once, as
+    OrderDiscount (impact spreads it over the items); never OrderSubTotalPostDiscount with items."""
+    form = impact_form(
+        impact, total=Decimal("95.00"), subtotal=Decimal("100.00"), discount=Decimal("15.00"),
+        tax=Decimal("10.00"), shipping=Decimal("0"), promo_code="15BUCKSOFF",
+        items=(Item(quantity=2, price=Decimal("14.00"), sku="1ABC2345", name="Product Name 1", category="Hardware"),
+               Item(quantity=3, subtotal=Decimal("72.00"), sku="9ZXY7654", name="Product Name 2")))
+    assert {k: v for k, v in form.items() if k.startswith(("Item", "Order"))} == {
+        "ItemSku1": "1ABC2345", "ItemName1": "Product Name 1", "ItemCategory1": "Hardware",
+        "ItemQuantity1": "2", "ItemSubTotal1": "28.00",
+        "ItemSku2": "9ZXY7654", "ItemName2": "Product Name 2", "ItemQuantity2": "3", "ItemSubTotal2": "72.00",
+        "OrderDiscount": "15.00", "OrderTax": "10.00", "OrderShipping": "0.00", "OrderPromoCode": "15BUCKSOFF",
+        "OrderId": form["OrderId"],
+    }
+
+
+def test_impact_without_items_sends_the_net_of_the_discount(impact):
+    form = impact_form(impact, total=Decimal("95.00"), subtotal=Decimal("100.00"), discount=Decimal("15.00"),
+                       tax=Decimal("10.00"), shipping=Decimal("0"), promo_code="15BUCKSOFF", items=())
+    assert form["OrderSubTotalPostDiscount"] == "85.00" and "OrderDiscount" not in form
+    assert form["OrderPromoCode"] == "15BUCKSOFF" and not any(k.startswith("Item") for k in form)
+
+
+# ------------------------------------------------------------------ Simmer's ceiling
+
+
+def test_simmer_takes_up_to_one_million_and_skips_above(tmp_path: Path):
+    with SimmerEmulator(SIMMER_KEY, SIMMER_PROJECT) as emu:
+        dest = Simmer(SimmerSettings(secret_key=SIMMER_KEY, project_id=SIMMER_PROJECT, url=f"{emu.url}/api/conversion"))
+        top = sample(total=Decimal("1000000.00"))
+        over = sample(total=Decimal("1000000.01"))
+
+        async def go():
+            async with WorkerRun(tmp_path / "s.db", {"simmer": dest}, QUICK) as run:
+                await run.record(top, over)
+                return await run.until(lambda rows: all(r.status != "pending" for r in rows), "settled")
+
+        rows = {r.order_key: r for r in asyncio.run(go())}
+        assert rows[top.order_key].status == "delivered"
+        assert emu.accepted[0].parsed["total_revenue"] == Decimal("1000000.00")
+        skipped = rows[over.order_key]
+        assert skipped.status == "skipped" and skipped.attempts == 1
+        assert skipped.last_error == "revenue 1000000.01 is outside Simmer's 0–1,000,000 range"
+        assert len(emu.requests) == 1  # the skipped one was never sent
