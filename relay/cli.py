@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--id", type=int, help="one delivery, with every attempt made")
 
-    p = sub.add_parser("retry", help="requeue dead-lettered (failed) or skipped deliveries")
+    p = sub.add_parser(
+        "retry", help="requeue failed or skipped deliveries; enable a destination disabled by a 410"
+    )
     p.add_argument("ids", nargs="*", type=int, help="these deliveries (failed or skipped)")
     p.add_argument("--failed", action="store_true", help="every failed delivery")
     p.add_argument(
@@ -47,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="every skipped delivery (after fixing what made it unsendable)",
     )
-    p.add_argument("--destination")
+    p.add_argument(
+        "--destination",
+        help="only this destination's; alone, enables it again after its endpoint answered 410 Gone",
+    )
 
     p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
     p.add_argument("source")
@@ -139,11 +144,60 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
     from relay.sources import build_sources
 
     build_sources(settings)
-    build_destinations(settings)
-    print(orjson.dumps(settings.describe(), option=orjson.OPT_INDENT_2).decode())
+    destinations = build_destinations(settings)
+    described = settings.describe()
+    _show_disabled(settings, destinations, described)
+    print(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
     if not settings.enabled_sources():
         print(
             "warning: no source is configured; every webhook will be answered 404", file=sys.stderr
+        )
+
+
+def _show_disabled(settings: Settings, destinations: dict[str, Any], described: dict[str, Any]) -> None:
+    """`relay check`: mark the destinations their endpoint disabled (HTTP 410), read from the
+    ledger, with since when, and say how to enable them. A ledger that does not exist yet
+    is not created; one that cannot be read is a warning, not a failed check."""
+    url = settings.store_url
+    if url.startswith("sqlite:"):
+        from pathlib import Path
+
+        from relay.store.sqlite import SQLiteStore
+
+        if not Path(SQLiteStore(url).path).exists():
+            return
+
+    async def read() -> dict[str, Any]:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await store.disabled_destinations()
+        finally:
+            await store.close()
+
+    try:
+        disabled = asyncio.run(read())
+    except StoreError as exc:
+        print(f"warning: could not read which destinations are disabled: {exc}", file=sys.stderr)
+        return
+    for name, state in sorted(disabled.items()):
+        if name not in destinations:
+            continue
+        changed = bool(state.fingerprint) and destinations[name].fingerprint() != state.fingerprint
+        described["destinations"][name]["disabled"] = {
+            "since": _stamp(state.since) + " UTC",
+            "reason": state.reason,
+            "url_changed": changed,
+        }
+        then = (
+            "its URL has changed since: the worker enables it when it starts"
+            if changed
+            else f"`relay retry --destination {name}` (or a new URL) enables it"
+        )
+        print(
+            f"warning: destination {name} is disabled since {_stamp(state.since)} UTC"
+            f" ({state.reason[:80]}); its deliveries wait; {then}",
+            file=sys.stderr,
         )
 
 
@@ -196,23 +250,46 @@ def _stamp(when: float | None) -> str:
 
 
 def retry(settings: Settings, args: argparse.Namespace) -> None:
-    if not args.ids and not args.failed and not args.skipped:
-        raise ConfigError("give delivery ids, or --failed / --skipped")
+    # `--destination D` alone enables D again after its endpoint disabled it (HTTP 410).
+    enable_only = bool(args.destination) and not (args.ids or args.failed or args.skipped)
+    if not args.ids and not args.failed and not args.skipped and not args.destination:
+        raise ConfigError("give delivery ids, or --failed / --skipped [--destination D]")
     if args.ids:
         statuses = (FAILED, SKIPPED)
     else:
         statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
-    async def run() -> int:
+    async def run() -> tuple[Any, int, dict[str, Any]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await store.requeue(args.ids, args.destination, time.time(), statuses)
+            enabled = await store.enable_destination(args.destination) if args.destination else None
+            count = 0
+            if not enable_only:
+                count = await store.requeue(args.ids, args.destination, time.time(), statuses)
+            return enabled, count, await store.disabled_destinations()
         finally:
             await store.close()
 
-    count = asyncio.run(run())
-    print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    enabled, count, disabled = asyncio.run(run())
+    if enabled is not None:
+        print(
+            f"destination {enabled.destination} enabled again (disabled since"
+            f" {_stamp(enabled.since)} UTC: {enabled.reason[:80]})"
+        )
+    elif enable_only:
+        raise ConfigError(
+            f"destination {args.destination!r} is not disabled; give delivery ids,"
+            " or --failed / --skipped to requeue its deliveries"
+        )
+    if not enable_only:
+        print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    for name, state in sorted(disabled.items()):
+        print(
+            f"note: destination {name} is disabled since {_stamp(state.since)} UTC; its deliveries"
+            f" wait until `relay retry --destination {name}`",
+            file=sys.stderr,
+        )
 
 
 def simulate(settings: Settings, args: argparse.Namespace) -> None:

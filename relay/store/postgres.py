@@ -65,6 +65,7 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DisabledDestination,
     EventRecord,
     Recorded,
     Settlement,
@@ -73,7 +74,7 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 POOL_MIN = 1
@@ -911,6 +912,37 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
+
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        async with self._conn("disable failed") as conn:
+            cur = await conn.execute(
+                "INSERT INTO destination_states (destination, disabled_at, reason, fingerprint)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (destination) DO NOTHING",
+                (destination, now, reason, fingerprint),
+            )
+            return cur.rowcount == 1
+
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        async with self._conn("enable failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM destination_states WHERE destination = %s"
+                " RETURNING destination, disabled_at, reason, fingerprint",
+                (destination,),
+            )
+            row = await cur.fetchone()
+            if row is not None:  # its waiting deliveries are due: wake every worker
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return None if row is None else DisabledDestination(*row)
+
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, disabled_at, reason, fingerprint FROM destination_states"
+            )
+            rows = await cur.fetchall()
+        return {row[0]: DisabledDestination(*row) for row in rows}
 
     # ------------------------------------------------------------ notifications
 

@@ -44,6 +44,7 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DisabledDestination,
     EventRecord,
     Recorded,
     Settlement,
@@ -52,7 +53,7 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -391,6 +392,17 @@ class SQLiteStore(Store):
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         await self._call(_rate_block, key, per_minute, until)
 
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        return await self._call(_disable_destination, destination, reason, fingerprint, now)
+
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        return await self._call(_enable_destination, destination)
+
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        return await self._call(_disabled_destinations)
+
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         return await self._call(_rate_acquire, key, per_minute, now)
 
@@ -681,6 +693,35 @@ def _stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     return {
         "by_status": by_status,
         "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
+    }
+
+
+def _disable_destination(
+    conn: sqlite3.Connection, destination: str, reason: str, fingerprint: str | None, now: float
+) -> bool:
+    cur = conn.execute(
+        "INSERT INTO destination_states (destination, disabled_at, reason, fingerprint)"
+        " VALUES (?,?,?,?) ON CONFLICT (destination) DO NOTHING",
+        (destination, now, reason, fingerprint),
+    )
+    return cur.rowcount == 1
+
+
+def _enable_destination(conn: sqlite3.Connection, destination: str) -> DisabledDestination | None:
+    row = conn.execute(
+        "DELETE FROM destination_states WHERE destination = ?"
+        " RETURNING destination, disabled_at, reason, fingerprint",
+        (destination,),
+    ).fetchone()
+    return None if row is None else DisabledDestination(*row)
+
+
+def _disabled_destinations(conn: sqlite3.Connection) -> dict[str, DisabledDestination]:
+    return {
+        row[0]: DisabledDestination(*row)
+        for row in conn.execute(
+            "SELECT destination, disabled_at, reason, fingerprint FROM destination_states"
+        )
     }
 
 

@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 2)
+-- relay ledger, SQLite flavour (schema version 3)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -65,3 +65,13 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     sent REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- version 3: destinations disabled by their endpoint (Standard Webhooks 410 Gone). A row
+-- means disabled since `disabled_at`; enabling deletes it. `fingerprint` is a hash of the
+-- URL that answered 410. Created here for new and upgraded ledgers alike.
+CREATE TABLE IF NOT EXISTS destination_states (
+    destination TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    fingerprint TEXT
+);

@@ -74,7 +74,7 @@ class Case:
     label: str
     fault: tuple[Any, ...] = ()  # ("status", code, headers, body) | ("reset",) | ("timeout",) | ()
     settings: dict[str, Any] = field(default_factory=dict)
-    expect: str = "delivered"  # delivered | pending | retry_after | failed | ambiguous
+    expect: str = "delivered"  # delivered | pending | retry_after | failed | ambiguous | gone
     text: str = ""  # must appear in last_error
 
 
@@ -134,9 +134,9 @@ CASES = [
          text="unknown postback endpoint"),
     Case("converge", "429", status(429, {"error": "rate limited"}, RA), expect="retry_after"),
     Case("converge", "503", status(503, {"error": "unavailable"}), expect="pending", text="503"),
-    # Standard Webhooks: 410 disables; every other non-2xx is retried.
+    # Standard Webhooks: 410 disables the destination; every other non-2xx is retried.
     Case("webhook", "success"),
-    Case("webhook", "410", status(410, {"error": "endpoint removed"}), expect="failed", text="endpoint gone"),
+    Case("webhook", "410", status(410, {"error": "endpoint removed"}), expect="gone", text="endpoint gone"),
     Case("webhook", "400", status(400, {"error": "bad"}), expect="pending", text="400"),
     Case("webhook", "401", settings={"secret": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"},
          expect="pending", text="signature"),
@@ -213,6 +213,9 @@ def test_destination_outcomes(case: Case, emulators: dict[str, Emulator], reset_
     elif case.expect == "failed":
         assert row.status == "failed", row
         assert not error.startswith("ambiguous")
+    elif case.expect == "gone":  # the destination is disabled; this delivery waits, due
+        assert row.status == "pending" and row.last_status_code == 410, row
+        assert row.next_attempt_at is not None and row.next_attempt_at <= time.time()
     elif case.expect == "ambiguous":
         assert row.status == "failed", row
         assert error.startswith("ambiguous"), error
