@@ -92,3 +92,14 @@ def relay_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def relay(tmp_path: Path, simmer: SimmerEmulator, impact: ImpactEmulator, relay_factory) -> RelayProcess:
     return relay_factory(core_env(tmp_path / "relay.db", simmer.url, impact.url))
+
+
+PROCESS_FIXTURES = frozenset({"relay", "relay_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start real relay processes `process` (`-m "not process"`: the
+    fast in-process loop, and what scripts/mutate runs per mutant)."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
