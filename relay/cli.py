@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--destination",
-        help="only this destination's; alone, enables it again after its endpoint answered 410 Gone",
+        help="only this destination's; alone, enables it again after its endpoint said 410 Gone",
     )
 
     p = sub.add_parser("simulate", help="post a signed sample webhook to a running relay")
@@ -154,7 +154,9 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
-def _show_disabled(settings: Settings, destinations: dict[str, Any], described: dict[str, Any]) -> None:
+def _show_disabled(
+    settings: Settings, destinations: dict[str, Any], described: dict[str, Any]
+) -> None:
     """`relay check`: mark the destinations their endpoint disabled (HTTP 410), read from the
     ledger, with since when, and say how to enable them. A ledger that does not exist yet
     is not created; one that cannot be read is a warning, not a failed check."""

@@ -193,9 +193,7 @@ class Worker:
 
     def _ready(self, names: list[str], now: float) -> list[str]:
         """The destinations to claim for now: not paused (429), not disabled (410)."""
-        return [
-            n for n in names if self._paused_until.get(n, 0) <= now and n not in self._disabled
-        ]
+        return [n for n in names if self._paused_until.get(n, 0) <= now and n not in self._disabled]
 
     # ------------------------------------------------------------ disabled destinations
 
@@ -227,7 +225,7 @@ class Worker:
             if state.fingerprint and current and current != state.fingerprint:
                 with contextlib.suppress(Exception):
                     await self.store.enable_destination(name)
-                    log.info("destination %s enabled again: its URL changed since it was disabled", name)
+                    log.info("destination %s enabled again: its URL changed since then", name)
                     del self._disabled[name]
 
     async def _disable(self, name: str, dest: Destination, reason: str) -> None:
