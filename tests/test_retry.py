@@ -89,6 +89,8 @@ def test_retry_after_wins_when_longer_and_is_capped_at_an_hour():
     assert 5 <= p.next_delay(1, 30, retry_after=2) <= 10  # shorter than the backoff: backoff
     assert 5 <= p.next_delay(1, 30, retry_after=-60) <= 10
     assert p.next_delay(30, 30, retry_after=90) is None  # Retry-After does not add attempts
+    quick = RetryPolicy(base=0.1, maximum=1, retry_after_max=10)  # "Retry-After: 0" is not a wait
+    assert all(quick.next_delay(1, 5, retry_after=0) <= 0.2 for _ in range(50))
 
 
 def response(status: int, **headers: str) -> httpx.Response:
