@@ -138,7 +138,7 @@ async def run_worker(
     destinations: dict[str, Destination],
     conversions: Sequence[Conversion],
     worker_settings: WorkerSettings = FAST,
-    timeout: float = 10.0,
+    timeout: float = 60.0,  # a wait for the event, not a bound: a loaded machine is slow
 ) -> list[DeliveryRow]:
     """Record the conversions, run a real Worker until each delivery settled once, return rows."""
     store = SQLiteStore(f"sqlite:///{db}")
