@@ -224,7 +224,7 @@ class WorkerRun:
     async def rows(self) -> list[DeliveryRow]:
         return sorted(await self.store.deliveries(limit=1000), key=lambda r: r.id)
 
-    async def until(self, predicate: Any, message: str, timeout: float = 20.0) -> list[DeliveryRow]:
+    async def until(self, predicate: Any, message: str, timeout: float = 60.0) -> list[DeliveryRow]:
         """Wait until `predicate(rows)` holds (rows oldest first); the rows then."""
         deadline = time.time() + timeout
         while True:
