@@ -221,3 +221,13 @@ def test_converge_redirect_does_not_show_the_secret_path(converge_emu, tmp_path:
 
     [row] = asyncio.run(go())
     assert "NEWSECRET" not in row.last_error and f"redirected to {converge_emu.url};" in row.last_error
+
+
+def test_the_fingerprint_is_a_hash_of_the_url_only():
+    """What is stored with the disabled state: 32 hex digits of SHA-256 of the URL (never the
+    URL, which may hold a token); None for a destination configured without a `url`."""
+    a = hook("https://example.org/hook")
+    assert a.fingerprint() == "554ec998c37b96dab60f37327773c9c5"
+    assert hook("https://example.org/hook?v=2").fingerprint() != a.fingerprint()
+    converge = Converge(ConvergeSettings(postback_url="https://app.runconverge.com/api/webhooks/secret"))
+    assert converge.fingerprint() is None

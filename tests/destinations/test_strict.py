@@ -370,3 +370,43 @@ def test_simmer_takes_up_to_one_million_and_skips_above(tmp_path: Path):
         assert skipped.status == "skipped" and skipped.attempts == 1
         assert skipped.last_error == "revenue 1000000.01 is outside Simmer's 0–1,000,000 range"
         assert len(emu.requests) == 1  # the skipped one was never sent
+
+
+def test_impact_rate_limit_reset_bounds():
+    from relay.destinations.impact import rate_limit_reset
+
+    def reset(value: str) -> float | None:
+        return rate_limit_reset(httpx.Response(429, headers={"X-RateLimit-Reset": value}))
+
+    assert reset("1000000000") == 0.0  # 2001-09-09: a moment (long past), not 31 years from now
+    assert reset("999999999") == 999999999.0  # below it: seconds, as the older page says
+    assert reset("9" * 12) is not None and reset("9" * 13) is None  # more digits: not a time
+
+
+def test_impact_reads_the_reset_only_for_a_429_without_retry_after():
+    dest = Impact(ImpactSettings(account_sid=IMPACT_SID, auth_token=IMPACT_TOKEN, campaign_id=1, event_type_id=2))
+    later = str(int(time.time()) + 120)
+
+    def outcome(status: int, **headers: str):  # type: ignore[no-untyped-def]
+        return dest.classify(httpx.Response(status, headers=headers, json={"Status": "ERROR"}))
+
+    assert outcome(503, **{"X-RateLimit-Reset": later}).retry_after is None
+    assert outcome(429, **{"X-RateLimit-Reset": later, "Retry-After": "7"}).retry_after == 7.0
+    assert 110 <= outcome(429, **{"X-RateLimit-Reset": later}).retry_after <= 120
+    assert outcome(429).retry_after is None and outcome(429).kind == "retry"
+
+
+def test_topmail_answers_in_relay_deliveries():
+    t = Topmail(TopmailSettings(api_key=TOPMAIL_KEY))
+
+    def outcome(status: int, code: str | None):  # type: ignore[no-untyped-def]
+        body = {"error": {"code": code, "message": "m", "path": None}} if code else {}
+        return t.classify(httpx.Response(status, json=body))
+
+    assert (outcome(409, "duplicate").kind, outcome(409, "duplicate").detail) == (
+        "delivered", "already recorded by topmail (409 duplicate)")
+    assert outcome(409, "idempotency_conflict").detail == "already recorded by topmail (409 idempotency_conflict)"
+    assert outcome(409, None).detail == "already recorded by topmail (409 duplicate)"
+    missing = outcome(404, "workspace_not_found")  # another 404: topmail's own words, not "no contact"
+    assert (missing.kind, missing.detail) == ("failed", "HTTP 404 workspace_not_found: m")
+    assert outcome(400, "contact_not_found").detail == "HTTP 400 contact_not_found: m"
