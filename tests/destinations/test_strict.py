@@ -410,3 +410,69 @@ def test_topmail_answers_in_relay_deliveries():
     missing = outcome(404, "workspace_not_found")  # another 404: topmail's own words, not "no contact"
     assert (missing.kind, missing.detail) == ("failed", "HTTP 404 workspace_not_found: m")
     assert outcome(400, "contact_not_found").detail == "HTTP 400 contact_not_found: m"
+
+
+# ------------------------------------------------------------------ impact's identifiers, in process
+# (the same rules are checked end to end in test_stripe_to_simmer_impact.py; these run per
+# mutant in scripts/mutate, which leaves relay processes out)
+
+
+def test_impact_attribution_keys(impact):
+    customer = sample().customer.__class__
+    form = impact_form(impact, attribution={"irclickid": "QiiWXOVnrQ3SQHl24jQjyx"},
+                       customer=customer(email="Buyer.One@Example.com", id="cus_TestCustomer01"))
+    assert form["ClickId"] == "QiiWXOVnrQ3SQHl24jQjyx" and form["CustomerId"] == "cus_TestCustomer01"
+    assert form["CustomerEmail"] == "108e66a0ed9fe5f566bb89e55c907ca2d32c7662"  # SHA-1 of the lowercased email
+    padded = impact_form(impact, customer=customer(email="  Buyer.One@Example.COM ", id="c1"))
+    assert padded["CustomerEmail"] == "108e66a0ed9fe5f566bb89e55c907ca2d32c7662"
+    edge = impact_form(impact, attribution={"irclickid": "c" * 64})
+    assert edge["ClickId"] == "c" * 64  # 64 is allowed
+    long = impact_form(impact, attribution={"irclickid": "c" * 65})
+    assert "ClickId" not in long and long["CustomerId"] == "cus_TestCustomer01"  # too long: dropped
+    assert impact_form(impact, customer=customer(id="x" * 255))["CustomerId"] == "x" * 255
+    only_click = impact_form(impact, customer=customer(id="x" * 256))
+    assert "CustomerId" not in only_click and only_click["ClickId"] == "click-1"
+    assert "CustomerId" not in impact_form(impact, customer=customer(id="jo@example.com"))  # never an email
+    assert "CustomerEmail" not in impact_form(impact, customer=customer(id="c2"))
+
+
+def test_impact_skips_without_an_attribution_key():
+    dest = Impact(ImpactSettings(account_sid=IMPACT_SID, auth_token=IMPACT_TOKEN, campaign_id=1, event_type_id=2))
+    customer = sample().customer.__class__
+    for attribution, who in (({}, customer(email="a@b.co")), ({"irclickid": "c" * 65}, customer(id="@" * 3))):
+        skipped = dest.build(sample(attribution=attribution, customer=who), now())
+        assert skipped == Skip("no attribution key: neither irclickid nor a customer id is known")
+    assert not isinstance(dest.build(sample(attribution={}, customer=customer(id="c")), now()), Skip)
+    assert not isinstance(dest.build(sample(attribution={"irclickid": "k"}, customer=customer()), now()), Skip)
+
+
+def test_impact_order_id(impact):
+    key64 = "o" * 64
+    assert impact_form(impact, order_key=key64)["OrderId"] == key64
+    session = "cs_live_" + "a" * 58  # 66 characters, like a real Checkout Session id
+    assert impact_form(impact, order_key=session, refs={"payment_intent": "pi_3Abc"})["OrderId"] == "pi_3Abc"
+    assert impact_form(impact, order_key=session, refs={"invoice": "in_1Xyz"})["OrderId"] == "in_1Xyz"
+    both = impact_form(impact, order_key=session, refs={"payment_intent": "pi_3A", "invoice": "in_1B"})
+    assert both["OrderId"] == "pi_3A"
+    too_long_ref = impact_form(impact, order_key=session, refs={"payment_intent": "p" * 65, "invoice": "i" * 64})
+    assert too_long_ref["OrderId"] == "i" * 64
+    assert impact_form(impact, order_key=session, refs={})["OrderId"] == (
+        "h-6e9d548e09c3c2aebd86c3e60148110bc4b0fabf84263d5133a37fa428579b")  # 64 characters
+
+
+def test_topmail_error_texts_in_relay_deliveries():
+    t = Topmail(TopmailSettings(api_key=TOPMAIL_KEY))
+
+    def detail(status: int, body: Any) -> str:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return t.classify(httpx.Response(status, content=content)).detail
+
+    assert detail(400, {"error": {"code": "validation_error", "message": "invalid email", "path": "email"}}) == (
+        "HTTP 400 validation_error: invalid email (path email)")
+    assert detail(400, {"error": {"code": "validation_error", "message": "bad", "path": None}}) == (
+        "HTTP 400 validation_error: bad")
+    assert detail(400, {"error": {"code": "validation_error"}}) == "HTTP 400 validation_error: "
+    assert detail(403, {"error": {"code": "x" * 80, "message": "m"}}) == f"HTTP 403 {'x' * 60}: m"
+    assert detail(500, {"error": "plain text error"}) == 'HTTP 500: {"error": "plain text error"}'
+    assert detail(502, b"<html>bad gateway</html>") == "HTTP 502: <html>bad gateway</html>"
+    assert detail(400, {"error": {"code": "c", "message": "m " + "y" * 400}}) == "HTTP 400 c: m " + "y" * 298
