@@ -191,6 +191,7 @@ def sent(dest: Destination, conv: Conversion, emu: Emulator) -> Any:
 
     built = dest.build(conv, datetime.now(UTC))
     assert not isinstance(built, Skip), built
+    assert built.headers["User-Agent"].startswith("relay/"), built.headers  # who is calling, for their logs
     with httpx.Client(timeout=10) as client:
         response = client.send(built)
     assert response.status_code in (200, 201), (dest.name, response.status_code, response.text)

@@ -476,3 +476,18 @@ def test_topmail_error_texts_in_relay_deliveries():
     assert detail(500, {"error": "plain text error"}) == 'HTTP 500: {"error": "plain text error"}'
     assert detail(502, b"<html>bad gateway</html>") == "HTTP 502: <html>bad gateway</html>"
     assert detail(400, {"error": {"code": "c", "message": "m " + "y" * 400}}) == "HTTP 400 c: m " + "y" * 298
+
+
+def test_simmer_order_id(simmer):
+    """order_id is the order key when it is 1–128 ASCII characters, else a stable digest."""
+    dest = wire("simmer").make(simmer, "USD")
+
+    def order_id(key: str) -> str:
+        response = send(dest.build(sample(order_key=key), now()))
+        assert response.status_code == 200, response.text
+        return simmer.accepted[-1].parsed["order_id"]
+
+    assert order_id("k") == "k"
+    assert order_id("k" * 128) == "k" * 128
+    assert order_id("k" * 129) == "sha256-9094034fb2d0ce2e407c9b260f2806ab2efb352e200722fd6296d9cf1cf7e6f5"
+    assert order_id("cs_live_é") == "sha256-07d842cf0c2a023a08724e1ff1b349439c3b3467439b629a59cc8d0a5bad4604"

@@ -64,7 +64,8 @@ class ImpactEmulator(Emulator):
             raise Rejection(401, {"Status": "ERROR", "Message": "Unauthorized"})
         if seen.method != "POST" or seen.path != f"/Advertisers/{self.account_sid}/Conversions":
             raise Rejection(404, {"Status": "ERROR", "Message": "Not Found"})
-        if "application/json" not in seen.headers.get("accept", ""):
+        ranges = {part.split(";")[0].strip().lower() for part in seen.headers.get("accept", "").split(",")}
+        if not ranges & {"application/json", "application/*", "*/*"}:
             raise self.bad("Accept", "send Accept: application/json")
         if not seen.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             raise self.bad("Content-Type", "body must be application/x-www-form-urlencoded")
