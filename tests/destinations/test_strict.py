@@ -491,3 +491,41 @@ def test_simmer_order_id(simmer):
     assert order_id("k" * 128) == "k" * 128
     assert order_id("k" * 129) == "sha256-9094034fb2d0ce2e407c9b260f2806ab2efb352e200722fd6296d9cf1cf7e6f5"
     assert order_id("cs_live_é") == "sha256-07d842cf0c2a023a08724e1ff1b349439c3b3467439b629a59cc8d0a5bad4604"
+
+
+def test_simmer_body_and_skips(simmer):
+    from datetime import timedelta
+
+    dest = wire("simmer").make(simmer, "USD")
+    customer = sample().customer.__class__
+
+    def body(**changes: Any) -> dict[str, Any]:
+        response = send(dest.build(sample(**changes), now()))
+        assert response.status_code == 200, response.text
+        return simmer.accepted[-1].parsed
+
+    assert body(attribution={"simmer_anonymous_id": "anon-7f3a"})["anonymous_id"] == "anon-7f3a"
+    assert body(attribution={"simmer_anonymous_id": "a" * 256})["anonymous_id"] == "a" * 256
+    assert "anonymous_id" not in body(attribution={"simmer_anonymous_id": "a" * 257})  # Simmer's 1–256
+    assert "anonymous_id" not in body(attribution={})  # omitted, never ""
+    sent = body(occurred_at=datetime(2030, 1, 1, tzinfo=UTC))  # a clock ahead: never in the future
+    assert real_time(sent["occurred_at"]) <= datetime.now(UTC)
+    just_in = body(occurred_at=datetime.now(UTC) - timedelta(days=7) + timedelta(minutes=6))
+    assert just_in["email"] == "buyer@example.com" and just_in["project_id"] == SIMMER_PROJECT
+
+    def skipped(**changes: Any) -> str:
+        built = dest.build(sample(**changes), now())
+        assert isinstance(built, Skip), built
+        return built.reason
+
+    assert skipped(occurred_at=datetime.now(UTC) - timedelta(days=7) + timedelta(minutes=4)) == (
+        "conversion is older than Simmer's 7-day window")  # it would arrive outside the window
+    assert skipped(customer=customer(id="c")) == "no buyer email: Simmer requires one"
+    assert skipped(customer=customer(email="not an address")) == "buyer email is not an address Simmer accepts"
+    assert skipped(total=None) == "no revenue amount"
+    assert skipped(currency=None) == "no revenue amount"
+    assert skipped(total=Decimal("-1.00")) == "revenue -1.00 is outside Simmer's 0–1,000,000 range"
+
+
+def real_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
