@@ -529,3 +529,62 @@ def test_simmer_body_and_skips(simmer):
 
 def real_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_impact_skips_and_limits(impact):
+    dest = wire("impact").make(impact, "USD")
+
+    def reason(**changes: Any) -> str:
+        built = dest.build(sample(**changes), now())
+        assert isinstance(built, Skip), built
+        return built.reason
+
+    assert reason(total=None) == "no order amount"
+    assert reason(currency=None) == "no order amount"
+    big = Decimal("10000000000.00")
+    for field in ("total", "tax", "shipping"):
+        assert reason(**{field: big}) == "amount exceeds impact's DECIMAL(12,2) fields", field
+    top = impact_form(impact, total=Decimal("9999999999.99"), subtotal=Decimal("9999999999.99"), tax=None,
+                      shipping=None, items=())
+    assert top["OrderSubTotalPostDiscount"] == "9999999999.99"
+    assert impact_form(impact, promo_code="P" * 70)["OrderPromoCode"] == "P" * 64
+
+
+def test_impact_item_skus_fall_back_in_order(impact):
+    items = (Item(quantity=1, price=Decimal("1.00"), sku="S-1", product_id="prod_1", name="One"),
+             Item(quantity=1, price=Decimal("1.00"), product_id="prod_2", name="Two"),
+             Item(quantity=1, price=Decimal("1.00"), name="Three"),
+             Item(quantity=1, price=Decimal("1.00")))
+    form = impact_form(impact, total=Decimal("4.00"), subtotal=Decimal("4.00"), tax=None, shipping=None, items=items)
+    assert [form[f"ItemSku{n}"] for n in (1, 2, 3, 4)] == ["S-1", "prod_2", "Three", "item-4"]
+
+
+def test_impact_url_and_account_in_the_path(impact):
+    dest = Impact(ImpactSettings(account_sid=IMPACT_SID, auth_token=IMPACT_TOKEN, campaign_id=1000,
+                                 event_type_id=9876, url=impact.url + "/"))
+    built = dest.build(sample(), now())
+    assert str(built.url) == f"{impact.url}/Advertisers/{IMPACT_SID}/Conversions" and built.method == "POST"
+    assert send(built).status_code == 200
+    odd = Impact(ImpactSettings(account_sid="IR a/b", auth_token="t", campaign_id=1, event_type_id=2,
+                                url="https://api.impact.com"))
+    assert odd.build(sample(), now()).url.raw_path == b"/Advertisers/IR%20a%2Fb/Conversions"
+
+
+def test_webhook_answers():
+    from relay.destinations.webhook import Webhook
+
+    w = Webhook(WebhookSettings(url="http://127.0.0.1:1/h", secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+
+    def outcome(status: int, **headers: str):  # type: ignore[no-untyped-def]
+        return w.classify(httpx.Response(status, headers=headers, text="thanks jo@example.com"))
+
+    ok = outcome(204)
+    assert (ok.kind, ok.detail, ok.gone) == ("delivered", "thanks [email]", False)
+    gone = outcome(410)
+    assert (gone.kind, gone.gone) == ("failed", True) and gone.detail.endswith(": thanks [email]")
+    for status in (300, 301, 399):
+        moved = outcome(status, Location="https://new.example.org/hook", **{"Retry-After": "120"})
+        assert (moved.kind, moved.retry_after, moved.gone) == ("retry", 120.0, False), status
+        assert moved.detail.startswith(f"HTTP {status}: redirected to https://new.example.org/hook;")
+    assert outcome(400).kind == "retry" and outcome(400).detail == "HTTP 400: thanks [email]"
+    assert outcome(503, **{"Retry-After": "30"}).retry_after == 30.0
