@@ -78,6 +78,7 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DisabledDestination,
     EventRecord,
     Forgotten,
     ReconcileState,
@@ -92,7 +93,9 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 5  # 3: event status; 4: reconcile_state; 5: counts and erasure
+SCHEMA_VERSION = (
+    6  # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states
+)
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (_ERASURE_STEP)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
@@ -1578,6 +1581,37 @@ class PostgresStore(Store):
                 ([k for k, _ in keys], [o for _, o in keys], source),
             )
             return {(kind, order_key) for kind, order_key in await cur.fetchall()}
+
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        async with self._conn("disable failed") as conn:
+            cur = await conn.execute(
+                "INSERT INTO destination_states (destination, disabled_at, reason, fingerprint)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (destination) DO NOTHING",
+                (destination, now, reason, fingerprint),
+            )
+            return cur.rowcount == 1
+
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        async with self._conn("enable failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM destination_states WHERE destination = %s"
+                " RETURNING destination, disabled_at, reason, fingerprint",
+                (destination,),
+            )
+            row = await cur.fetchone()
+            if row is not None:  # its waiting deliveries are due: wake every worker
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return None if row is None else DisabledDestination(*row)
+
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, disabled_at, reason, fingerprint FROM destination_states"
+            )
+            rows = await cur.fetchall()
+        return {row[0]: DisabledDestination(*row) for row in rows}
 
     # ------------------------------------------------------------ notifications
 

@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 5).
+-- relay ledger, PostgreSQL flavour (schema version 6).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -118,3 +118,13 @@ BEGIN
     RETURN greatest(0.001, oldest + 60.0 - p_now);
 END;
 $$;
+
+-- version 6: destinations disabled by their endpoint (Standard Webhooks 410 Gone). A row
+-- means disabled since `disabled_at`; enabling deletes it. `fingerprint` is a hash of the
+-- URL that answered 410. Created here for new and upgraded ledgers alike.
+CREATE TABLE IF NOT EXISTS destination_states (
+    destination text             PRIMARY KEY,
+    disabled_at double precision NOT NULL,
+    reason      text             NOT NULL,
+    fingerprint text
+);
