@@ -201,7 +201,7 @@ def create_app(
                 headers={"WWW-Authenticate": 'Bearer realm="relay"'},
             )
         try:
-            body = await relay.metrics.render(relay.store)
+            body = await relay.metrics.render(relay.store, relay.destinations)
         except StoreError as exc:
             log.warning("metrics: store unavailable: %s", exc)
             return JSON({"error": "store unavailable"}, status_code=503)

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--id", type=int, help="one delivery, with every attempt made")
 
-    p = sub.add_parser("retry", help="requeue dead-lettered (failed) or skipped deliveries")
+    p = sub.add_parser(
+        "retry", help="requeue failed or skipped deliveries; enable a destination disabled by a 410"
+    )
     p.add_argument("ids", nargs="*", type=int, help="these deliveries (failed or skipped)")
     p.add_argument("--failed", action="store_true", help="every failed delivery")
     p.add_argument(
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="every skipped delivery (after fixing what made it unsendable)",
     )
-    p.add_argument("--destination")
+    p.add_argument(
+        "--destination",
+        help="only this destination's; alone, enables it again after its endpoint said 410 Gone",
+    )
 
     p = sub.add_parser(
         "forget",
@@ -169,13 +174,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _port(text: str) -> int:
-    """A listen port for --port: 1-65535 (uvicorn would take 99999 as 99999 - 65536)."""
+    """A listen port for --port: 1-65535 (uvicorn would take 99999 as 99999 - 65536), or 0
+    for any free port (the one bound is in the startup log line)."""
     try:
         port = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535 (or 0: any free one), got {port}")
     return port
 
 
@@ -197,7 +203,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     uvicorn.run(
         app,
         host=args.host or settings.host,
-        port=args.port or settings.listen_port,
+        port=settings.listen_port if args.port is None else args.port,  # 0: any free port
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
@@ -267,15 +273,66 @@ def check(settings: Settings, args: argparse.Namespace) -> None:
     from relay.sources import build_sources
 
     build_sources(settings)
-    build_destinations(settings)
+    destinations = build_destinations(settings)
     if getattr(args, "probe", None):  # relay/probe.py: one sample to GA4's debug endpoint or Meta
         from relay.probe import run
 
         sys.exit(run(settings, args.probe))
-    print(orjson.dumps(settings.describe(), option=orjson.OPT_INDENT_2).decode())
+    described = settings.describe()
+    _show_disabled(settings, destinations, described)
+    print(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode())
     if not settings.enabled_sources():
         print(
             "warning: no source is configured; every webhook will be answered 404", file=sys.stderr
+        )
+
+
+def _show_disabled(
+    settings: Settings, destinations: dict[str, Any], described: dict[str, Any]
+) -> None:
+    """`relay check`: mark the destinations their endpoint disabled (HTTP 410), read from the
+    ledger, with since when, and say how to enable them. A ledger that does not exist yet
+    is not created; one that cannot be read is a warning, not a failed check."""
+    url = settings.store_url
+    if url.startswith("sqlite:"):
+        from pathlib import Path
+
+        from relay.store.sqlite import SQLiteStore
+
+        if not Path(SQLiteStore(url).path).exists():
+            return
+
+    async def read() -> dict[str, Any]:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await store.disabled_destinations()
+        finally:
+            await store.close()
+
+    try:
+        disabled = asyncio.run(read())
+    except StoreError as exc:
+        print(f"warning: could not read which destinations are disabled: {exc}", file=sys.stderr)
+        return
+    for name, state in sorted(disabled.items()):
+        if name not in destinations:
+            continue
+        changed = bool(state.fingerprint) and destinations[name].fingerprint() != state.fingerprint
+        described["destinations"][name]["disabled"] = {
+            "since": _stamp(state.since) + " UTC",
+            "reason": state.reason,
+            "url_changed": changed,
+        }
+        then = (
+            "its URL has changed since: the worker enables it when it starts"
+            if changed
+            else f"`relay retry --destination {name}` (or a new URL) enables it"
+        )
+        print(
+            f"warning: destination {name} is disabled since {_stamp(state.since)} UTC"
+            f" ({state.reason[:80]}); its deliveries wait; {then}",
+            file=sys.stderr,
         )
 
 
@@ -355,18 +412,23 @@ def _not_retryable(delivery_id: int, rows: list[Any], destination: str | None) -
 
 
 def retry(settings: Settings, args: argparse.Namespace) -> None:
-    if not args.ids and not args.failed and not args.skipped:
-        raise ConfigError("give delivery ids, or --failed / --skipped")
+    # `--destination D` alone enables D again after its endpoint disabled it (HTTP 410).
+    enable_only = bool(args.destination) and not (args.ids or args.failed or args.skipped)
+    if not args.ids and not args.failed and not args.skipped and not args.destination:
+        raise ConfigError("give delivery ids, or --failed / --skipped [--destination D]")
     statuses: tuple[str, ...]
     if args.ids:
         statuses = (FAILED, SKIPPED)
     else:
         statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
-    async def run() -> tuple[int, list[str], list[Any]]:
+    async def run() -> tuple[Any, int, list[str], list[Any], dict[str, Any]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
+            enabled = await store.enable_destination(args.destination) if args.destination else None
+            if enable_only:
+                return enabled, 0, [], [], await store.disabled_destinations()
             refused: list[str] = []
             ids: list[int] = []
             for delivery_id in dict.fromkeys(args.ids):
@@ -377,15 +439,38 @@ def retry(settings: Settings, args: argparse.Namespace) -> None:
                 else:
                     ids.append(delivery_id)
             if args.ids and not ids:
-                return 0, refused, []  # requeue(()) would mean every one of them
+                return (
+                    enabled,
+                    0,
+                    refused,
+                    [],
+                    await store.disabled_destinations(),
+                )  # requeue(()): all
             count = await store.requeue(ids, args.destination, time.time(), statuses)
-            return count, refused, await _erased_rows(store, ids, args.destination, statuses)
+            erased = await _erased_rows(store, ids, args.destination, statuses)
+            return enabled, count, refused, erased, await store.disabled_destinations()
         finally:
             await store.close()
 
-    count, refused, erased = asyncio.run(run())
-    if count or not refused:
+    enabled, count, refused, erased, disabled = asyncio.run(run())
+    if enabled is not None:
+        print(
+            f"destination {enabled.destination} enabled again (disabled since"
+            f" {_stamp(enabled.since)} UTC: {enabled.reason[:80]})"
+        )
+    elif enable_only:
+        raise ConfigError(
+            f"destination {args.destination!r} is not disabled; give delivery ids,"
+            " or --failed / --skipped to requeue its deliveries"
+        )
+    if not enable_only and (count or not refused):
         print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
+    for name, state in sorted(disabled.items()):
+        print(
+            f"note: destination {name} is disabled since {_stamp(state.since)} UTC; its deliveries"
+            f" wait until `relay retry --destination {name}`",
+            file=sys.stderr,
+        )
     for why in refused:
         print(f"relay: {why}", file=sys.stderr)
     # never sent without its buyer: refused, and said so

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -60,9 +61,10 @@ class Metrics:
     def delivered(self, destination: str, seconds: float) -> None:
         self.latency.labels(destination).observe(max(0.0, seconds))
 
-    async def render(self, store: Any) -> bytes:
+    async def render(self, store: Any, destinations: Iterable[str] = ()) -> bytes:
         """Prometheus text, with ledger gauges read from the store at scrape time."""
         stats = await store.stats(time.time())
+        disabled = await store.disabled_destinations()
         depth = GaugeMetricFamily(
             "relay_deliveries",
             "Deliveries in the ledger by destination and status",
@@ -79,7 +81,14 @@ class Metrics:
         )
         oldest.add_metric([], stats["oldest_pending_age"])
         body = generate_latest(self.registry)
-        extra = _Once([depth, oldest, *reconcile_families(await store.reconcile_states())])
+        extra = _Once(
+            [
+                depth,
+                oldest,
+                *reconcile_families(await store.reconcile_states()),
+                *_disabled_gauges(destinations, disabled),
+            ]
+        )
         return body + generate_latest(extra)  # type: ignore[arg-type]
 
 
@@ -90,6 +99,26 @@ def authorized(header: str | None, token: str) -> bool:
         return False
     # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent
     return hmac.compare_digest(given.strip().encode("latin-1"), token.encode())
+
+
+def _disabled_gauges(destinations: Iterable[str], disabled: dict[str, Any]) -> list[Any]:
+    """relay_destination_disabled 1/0 per configured destination (and any disabled one), and
+    since when for the disabled ones: alert on `relay_destination_disabled == 1`."""
+    flag = GaugeMetricFamily(
+        "relay_destination_disabled",
+        "1 while the destination is disabled because its endpoint said it is gone (HTTP 410)",
+        labels=["destination"],
+    )
+    since = GaugeMetricFamily(
+        "relay_destination_disabled_since_seconds",
+        "When the destination was disabled (Unix time)",
+        labels=["destination"],
+    )
+    for name in sorted(set(destinations) | set(disabled)):
+        flag.add_metric([name], 1 if name in disabled else 0)
+        if name in disabled:
+            since.add_metric([name], disabled[name].since)
+    return [flag, since]
 
 
 class _Once:

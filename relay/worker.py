@@ -14,6 +14,9 @@
   put back with a due time instead of holding a slot.
 - Shutdown: stop claiming, let in-flight requests finish for the grace period,
   then return what is left to pending.
+- A destination whose endpoint answers that it is gone (Standard Webhooks 410) is
+  disabled in the ledger: no worker claims its deliveries, which wait, until
+  `relay retry --destination D` enables it or a worker starts with another URL.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ from relay.store import DELIVERED as S_DELIVERED
 from relay.store import FAILED as S_FAILED
 from relay.store import PENDING as S_PENDING
 from relay.store import SKIPPED as S_SKIPPED
-from relay.store import Attempt, Claim, Settlement, Store
+from relay.store import Attempt, Claim, DisabledDestination, Settlement, Store
 
 log = logging.getLogger("relay.worker")
 
 SHORT_RATE_WAIT = 2.0  # wait in place for a rate-limit slot up to this long
+STATES_SECONDS = 1.0  # re-read which destinations are disabled at most this often
 IN_FLIGHT_PER_CLIENT = 4  # a destination gets one client per this many concurrent requests…
 MAX_CLIENTS = 8  # …up to this many
 MAINTENANCE_SECONDS = 3600.0  # retention and store housekeeping: at start, then this often
@@ -96,6 +100,8 @@ class Worker:
         self._paused_until: dict[str, float] = {}
         self.retention_days = retention_days  # 0: personal data is kept
         self.maintenance_seconds = maintenance_seconds
+        self._disabled: dict[str, DisabledDestination] = {}  # by their endpoint (410)
+        self._states_read = 0.0
 
     # ------------------------------------------------------------ control
 
@@ -155,6 +161,7 @@ class Worker:
                 for _ in range(count)
             ]
         await self.store.watch(self.wake)
+        await self._enable_changed_urls()
         log.info("worker: delivering to %s", ", ".join(names))
         heartbeat = asyncio.create_task(self._heartbeat(), name="relay-lease-heartbeat")
         try:
@@ -178,12 +185,13 @@ class Worker:
     async def _loop(self, names: list[str]) -> None:
         s = self.settings
         while not self._stopping.is_set():
+            await self._read_disabled()
             free = s.concurrency - sum(map(len, self._inflight.values()))
             claimed = 0
             if free > 0:
                 self._wake.clear()
                 now = time.time()
-                ready = [n for n in names if self._paused_until.get(n, 0) <= now]
+                ready = self._ready(names, now)
                 try:
                     claims = await self.store.claim(
                         ready, min(free, s.batch_size), s.lease_seconds, now
@@ -204,8 +212,10 @@ class Worker:
                 await self._wait_any(self._slot_free.wait(), timeout=s.poll_seconds)
                 continue
             now = time.time()
-            ready = [n for n in names if self._paused_until.get(n, 0) <= now]
+            ready = self._ready(names, now)
             timeout = s.poll_seconds
+            if self._disabled:  # notice `relay retry --destination D` soon
+                timeout = min(timeout, STATES_SECONDS)
             try:
                 due = await self.store.next_due(ready) if ready else None
             except Exception:
@@ -217,6 +227,52 @@ class Worker:
                 timeout = min(timeout, min(paused) - now)
             if timeout > 0:
                 await self._wait_any(self._wake.wait(), timeout=timeout)
+
+    def _ready(self, names: list[str], now: float) -> list[str]:
+        """The destinations to claim for now: not paused (429), not disabled (410)."""
+        return [n for n in names if self._paused_until.get(n, 0) <= now and n not in self._disabled]
+
+    # ------------------------------------------------------------ disabled destinations
+
+    async def _read_disabled(self, force: bool = False) -> None:
+        """Which destinations are disabled (by any worker, or enabled again by `relay
+        retry --destination D`): read from the ledger at most every STATES_SECONDS."""
+        now = time.time()
+        if not force and now - self._states_read < STATES_SECONDS:
+            return
+        try:
+            states = await self.store.disabled_destinations()
+        except Exception as exc:
+            log.warning("worker: could not read disabled destinations (%s)", exc)
+            return
+        self._states_read = now
+        states = {n: d for n, d in states.items() if n in self.destinations}
+        for name in self._disabled.keys() - states.keys():
+            log.info("destination %s enabled again: its waiting deliveries go out now", name)
+        for name in states.keys() - self._disabled.keys():
+            log.warning("destination %s is disabled: %s", name, states[name].reason)
+        self._disabled = states
+
+    async def _enable_changed_urls(self) -> None:
+        """At start: a destination disabled by its endpoint is enabled again when its URL
+        is no longer the one that answered 410 (the operator configured a new one)."""
+        await self._read_disabled(force=True)
+        for name, state in list(self._disabled.items()):
+            current = self.destinations[name].fingerprint()
+            if state.fingerprint and current and current != state.fingerprint:
+                with contextlib.suppress(Exception):
+                    await self.store.enable_destination(name)
+                    log.info("destination %s enabled again: its URL changed since then", name)
+                    del self._disabled[name]
+
+    async def _disable(self, name: str, dest: Destination, reason: str) -> None:
+        now, fingerprint = time.time(), dest.fingerprint()
+        self._disabled.setdefault(name, DisabledDestination(name, now, reason, fingerprint))
+        try:
+            if await self.store.disable_destination(name, reason, fingerprint, now):
+                log.error("destination %s disabled: %s", name, reason)
+        except Exception as exc:  # this worker holds off anyway; the next 410 tries again
+            log.error("destination %s: could not record it disabled (%s)", name, exc)
 
     async def _heartbeat(self) -> None:
         """Extend the leases of in-flight claims, so a slow request (long timeouts, a
@@ -599,9 +655,18 @@ class Worker:
         started: float,
         elapsed: float,
     ) -> None:
-        label = "ambiguous" if ambiguous else outcome.kind
+        label = "ambiguous" if ambiguous else "gone" if outcome.gone else outcome.kind
         attempt = Attempt(started, elapsed, label, code, outcome.detail)
-        if outcome.kind == DELIVERED:
+        if outcome.gone:  # the endpoint is gone: stop sending there; this one waits too
+            await self._disable(claim.destination, dest, outcome.detail)
+            settlement = Settlement(
+                S_PENDING,
+                next_attempt_at=time.time(),
+                status_code=code,
+                error=outcome.detail,
+                attempt=attempt,
+            )
+        elif outcome.kind == DELIVERED:
             settlement = Settlement(S_DELIVERED, status_code=code, attempt=attempt)
             if self.metrics is not None:
                 self.metrics.delivered(claim.destination, time.time() - claim.created_at)

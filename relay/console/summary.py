@@ -26,6 +26,7 @@ from relay.store import (
     TALLY_DELIVERY,
     TALLY_WEBHOOK,
     DestinationError,
+    DisabledDestination,
     ReconcileState,
     Store,
 )
@@ -70,6 +71,7 @@ class DestinationFigures:
     delivered_24h: int = 0
     failed_24h: int = 0  # failed for good or to be retried
     error: DestinationError | None = None
+    disabled: DisabledDestination | None = None  # its endpoint said it is gone (HTTP 410)
     health: str = "ok"  # ok | warn | bad | idle
     verdict: str = ""
     reasons: list[str] = field(default_factory=list)
@@ -103,7 +105,10 @@ def judge(d: DestinationFigures, now: float) -> None:
     """Health, a one-line verdict in words, and the reasons behind it."""
     rate = d.success_rate
     failed_now = d.counts.get(FAILED, 0)
-    if d.failed_24h >= FAILING_ATTEMPTS and rate is not None and rate < 0.5:
+    if d.disabled is not None:
+        d.health = "bad"
+        d.verdict = "Disabled by its endpoint: nothing is sent to it until it is enabled again"
+    elif d.failed_24h >= FAILING_ATTEMPTS and rate is not None and rate < 0.5:
         d.health = "bad"
         d.verdict = (
             f"Failing repeatedly: {d.failed_24h} of {_plural(d.attempts_24h, 'attempt')}"
@@ -144,6 +149,7 @@ async def overview(
     stats = await store.stats(now)
     tallies = await store.tallies(since_hour)
     errors = await store.destination_errors()
+    disabled = await store.disabled_destinations()
     reconciled = {state.source: state for state in await store.reconcile_states()}
     by_status: Mapping[tuple[str, str], int] = stats["by_status"]
 
@@ -171,7 +177,7 @@ async def overview(
         )
 
     configured_dests = list(destinations)
-    names = _names(configured_dests, [d for d, _ in by_status] + list(errors))
+    names = _names(configured_dests, [d for d, _ in by_status] + list(errors) + list(disabled))
     oldest = await store.oldest_pending(names)
     dest_rows = []
     for name in names:
@@ -184,6 +190,7 @@ async def overview(
             delivered_24h=results.get(DELIVERED, 0),
             failed_24h=results.get(FAILED, 0) + results.get(PENDING, 0),
             error=errors.get(name),
+            disabled=disabled.get(name),
         )
         judge(figures, now)
         dest_rows.append(figures)

@@ -9,6 +9,7 @@ settings section and one stand-in server in the tests.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class Outcome:
     kind: Literal["delivered", "retry", "failed"]
     detail: str = ""
     retry_after: float | None = None  # seconds, from the destination
+    # The endpoint is gone (Standard Webhooks 410): the worker disables the destination
+    # and this delivery waits with the others, instead of failing alone.
+    gone: bool = False
 
 
 class Destination:
@@ -75,18 +79,52 @@ class Destination:
     def classify(self, response: httpx.Response) -> Outcome:
         return classify(response)
 
+    def fingerprint(self) -> str | None:
+        """A hash of the endpoint URL: a destination disabled by its endpoint (410) is
+        enabled again when the worker starts with another URL. None: no URL setting."""
+        url = getattr(self.settings, "url", None)
+        return hashlib.sha256(url.encode()).hexdigest()[:32] if isinstance(url, str) else None
+
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 def classify(response: httpx.Response) -> Outcome:
-    """2xx delivered; 408/425/429/5xx retry (with Retry-After); other statuses failed."""
+    """2xx delivered; 408/425/429/5xx retry (with Retry-After); a redirect (never followed:
+    the request carries credentials) and other statuses failed."""
     status = response.status_code
     if httpx.codes.is_success(status):
         return Outcome(DELIVERED, excerpt(response))
     if status in RETRYABLE_4XX or httpx.codes.is_server_error(status):
         return Outcome(RETRY, f"HTTP {status}: {excerpt(response)}", retry_after(response))
+    if 300 <= status < 400:
+        return Outcome(FAILED, redirected(response))
     return Outcome(FAILED, f"HTTP {status}: {excerpt(response)}")
+
+
+def redirected(response: httpx.Response, *, path: bool = True) -> str:
+    """What a 3xx said, for `relay deliveries`: where it points (no credentials, no query;
+    without the path when the path itself may be a secret, as Converge's postback URL)."""
+    target = redirect_target(response.headers.get("location", ""), path=path)
+    return (
+        f"HTTP {response.status_code}: redirected to {target or '(no Location)'}; relay does not"
+        " follow redirects (the request carries credentials): set the destination's URL to"
+        " the new address"
+    )
+
+
+def redirect_target(location: str, *, path: bool = True) -> str:
+    location = location.strip()
+    if not location:
+        return ""
+    try:
+        url = httpx.URL(location)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return ""
+    if not url.host:  # relative: only the path is known
+        return redact(url.path)[:200] if path else ""
+    netloc = url.netloc.decode("ascii", "replace")  # host[:port], without user:password
+    return redact(f"{url.scheme}://{netloc}{url.path if path else ''}")[:200]
 
 
 EMAIL = re.compile(r"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")

@@ -25,7 +25,8 @@ Rules kept (seed document, DESTINATIONS.md §5):
   conversion is skipped.
 - `timestamp` ISO-8601 with its UTC offset (`2024-09-02T12:34:56+00:00`).
 - Statuses are undocumented: 2xx delivered; 408/429/5xx and network errors
-  retried; other 4xx permanent.
+  retried; other 4xx permanent. A redirect is not followed and fails; its
+  target is shown without its path (the postback URL's path is the secret).
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ from relay.conversion import (
     SUBSCRIPTION_STARTED,
     Conversion,
 )
-from relay.destinations import USER_AGENT, Destination, Skip
+from relay.destinations import (
+    FAILED,
+    USER_AGENT,
+    Destination,
+    Outcome,
+    Skip,
+    classify,
+    redirected,
+)
 from relay.money import fmt
 from relay.settings import ConvergeSettings
 
@@ -140,3 +149,8 @@ class Converge(Destination):
             headers["X-Webhook-Token"] = token.get_secret_value()
         url = self.settings.postback_url.get_secret_value() if self.settings.postback_url else ""
         return httpx.Request("POST", url, content=orjson.dumps(body), headers=headers)
+
+    def classify(self, response: httpx.Response) -> Outcome:
+        if 300 <= response.status_code < 400:
+            return Outcome(FAILED, redirected(response, path=False))
+        return classify(response)

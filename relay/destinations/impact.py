@@ -14,6 +14,10 @@ Rules kept (seed + impact's OpenAPI v14, see DESTINATIONS.md §3):
   shipping) — never both. `CurrencyCode` always with money. `OrderTax`,
   `OrderShipping`, `OrderPromoCode` when known.
 - `CustomerEmail` only as lowercase hex SHA-1 of the trimmed, lowercased email.
+- A 429 carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+  `X-RateLimit-Reset` and no `Retry-After`: the retry waits for the reset. The
+  API reference and every example give the reset as a UTC epoch second; an older
+  page says "seconds until the reset", so a small number is read as that.
 
 OrderId: the conversion's order key when it fits in 64 characters. A Stripe
 Checkout Session id (`cs_live_…`, 66 characters) does not, so a session uses
@@ -28,13 +32,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 import httpx
 
 from relay.conversion import Conversion
-from relay.destinations import USER_AGENT, Destination, Skip, path_segment
+from relay.destinations import USER_AGENT, Destination, Outcome, Skip, classify, path_segment
 from relay.settings import ImpactSettings
 
 MAX_ORDER_ID = 64
@@ -59,6 +64,20 @@ def order_id(conversion: Conversion) -> str:
 def dec(value: Decimal) -> str:
     """DECIMAL(12,2) text: two places, half-up (3-decimal currencies lose ≤ 0.005)."""
     return format(value.quantize(CENT, rounding=ROUND_HALF_UP), "f")
+
+
+EPOCH_FLOOR = 1_000_000_000  # 2001-09-09: a reset above this is a moment, below it a delay
+
+
+def rate_limit_reset(response: httpx.Response) -> float | None:
+    """impact's `X-RateLimit-Reset` as seconds from now; None when absent or unreadable."""
+    raw = response.headers.get("x-ratelimit-reset", "").strip()
+    if not raw.isdigit() or len(raw) > 12:
+        return None
+    value = int(raw)
+    if value >= EPOCH_FLOOR:
+        return max(0.0, value - time.time())
+    return float(value)
 
 
 def sha1_email(email: str) -> str:
@@ -142,3 +161,11 @@ class Impact(Destination):
                 "User-Agent": USER_AGENT,
             },
         )
+
+    def classify(self, response: httpx.Response) -> Outcome:
+        outcome = classify(response)
+        if response.status_code == 429 and outcome.retry_after is None:
+            reset = rate_limit_reset(response)
+            if reset is not None:
+                return Outcome(outcome.kind, outcome.detail, reset)
+        return outcome

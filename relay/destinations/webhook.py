@@ -12,8 +12,12 @@ money as decimal strings). Headers (Standard Webhooks spec):
   reference package signs).
 
 Delivery semantics per the spec: any 2xx is success; 410 Gone means the
-endpoint is gone — failed, not retried; every other answer (3xx, 4xx, 5xx,
-429 with Retry-After) and network errors are retried with backoff.
+endpoint is gone: the worker disables the destination (this delivery and every
+other one wait, pending) until `relay retry --destination webhook` or a new
+`RELAY_WEBHOOK__URL`; every other answer and network errors are failures that
+are retried with backoff, honouring Retry-After. A 3xx is one of those: the
+redirect is never followed (it would carry the signed payload elsewhere) and its
+target is shown in the error, so the operator can point the URL there.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from relay.destinations import (
     Skip,
     excerpt,
     iso_utc,
+    redirected,
     retry_after,
 )
 from relay.money import fmt
@@ -136,5 +141,12 @@ class Webhook(Destination):
         if httpx.codes.is_success(status):
             return Outcome(DELIVERED, excerpt(response))
         if status == 410:
-            return Outcome(FAILED, f"HTTP 410: endpoint gone; not retried: {excerpt(response)}")
+            return Outcome(
+                FAILED,
+                "HTTP 410: endpoint gone; destination disabled until `relay retry --destination"
+                f" webhook` or a new RELAY_WEBHOOK__URL: {excerpt(response)}",
+                gone=True,
+            )
+        if 300 <= status < 400:
+            return Outcome(RETRY, redirected(response), retry_after(response))
         return Outcome(RETRY, f"HTTP {status}: {excerpt(response)}", retry_after(response))

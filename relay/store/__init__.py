@@ -224,6 +224,20 @@ class ReconcileState:
         )
 
 
+@dataclass(slots=True)
+class DisabledDestination:
+    """A destination whose endpoint said it is gone (Standard Webhooks: 410 Gone).
+
+    The worker sends nothing to it — its deliveries wait, pending — until `relay retry
+    --destination D` enables it, or the worker starts with another endpoint URL than
+    the one that answered 410 (`fingerprint`, a hash of that URL)."""
+
+    destination: str
+    since: float  # epoch seconds
+    reason: str
+    fingerprint: str | None = None
+
+
 class Store(abc.ABC):
     """The ledger interface. All methods raise StoreError when the backend fails."""
 
@@ -591,6 +605,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def existing(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (kind, order key) pairs of `source` the ledger already holds (dry runs)."""
+
+    # -- destinations disabled by their endpoint (schema 3)
+
+    @abc.abstractmethod
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        """Mark the destination disabled since `now`; True when it was enabled until then
+        (an already disabled one keeps its first time and reason)."""
+
+    @abc.abstractmethod
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        """Enable it again (workers notice at once or within a poll); what it was, or None
+        when it was not disabled."""
+
+    @abc.abstractmethod
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        """The destinations disabled now, by name (worker, `relay check`, /metrics, console)."""
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call `wake()` whenever another process adds work (PostgreSQL LISTEN/NOTIFY).

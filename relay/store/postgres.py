@@ -79,6 +79,7 @@ from relay.store import (
     Claim,
     DeliveryRow,
     DestinationError,
+    DisabledDestination,
     EventRecord,
     Forgotten,
     ReconcileState,
@@ -97,10 +98,9 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-# 3: event status; 4: reconcile_state; 5: counts and erasure;
-# 6: the console (conversions.email_hash, hashed for existing rows by _hash_existing_emails;
-#    tallies, destination_errors)
-SCHEMA_VERSION = 6
+# 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
+# 7: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 7
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (_ERASURE_STEP)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
@@ -203,7 +203,7 @@ SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 
 
 async def _hash_existing_emails(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Schema 6: the email hash of every conversion recorded before conversions carried
+    """Schema 7: the email hash of every conversion recorded before conversions carried
     one, computed with the same Python as new rows get (`stored_email_hash`)."""
     after = 0
     while True:
@@ -463,7 +463,7 @@ class PostgresStore(Store):
             )
             had_email_hash = await cur.fetchone() is not None
             await conn.execute(schema.encode())  # no parameters: one multi-statement script
-            if not had_email_hash:  # schema 6, once, in the transaction that added the column
+            if not had_email_hash:  # schema 7, once, in the transaction that added the column
                 await _hash_existing_emails(conn)
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             row = await cur.fetchone()
@@ -1840,6 +1840,37 @@ class PostgresStore(Store):
                 ([k for k, _ in keys], [o for _, o in keys], source),
             )
             return {(kind, order_key) for kind, order_key in await cur.fetchall()}
+
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        async with self._conn("disable failed") as conn:
+            cur = await conn.execute(
+                "INSERT INTO destination_states (destination, disabled_at, reason, fingerprint)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (destination) DO NOTHING",
+                (destination, now, reason, fingerprint),
+            )
+            return cur.rowcount == 1
+
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        async with self._conn("enable failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM destination_states WHERE destination = %s"
+                " RETURNING destination, disabled_at, reason, fingerprint",
+                (destination,),
+            )
+            row = await cur.fetchone()
+            if row is not None:  # its waiting deliveries are due: wake every worker
+                await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        return None if row is None else DisabledDestination(*row)
+
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, disabled_at, reason, fingerprint FROM destination_states"
+            )
+            rows = await cur.fetchall()
+        return {row[0]: DisabledDestination(*row) for row in rows}
 
     # ------------------------------------------------------------ notifications
 

@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 6).
+-- relay ledger, PostgreSQL flavour (schema version 7).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
--- version 6 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- version 7 (the console): the SHA-256 of the buyer's normalized email, so a search by
 -- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
 ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
 CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     lease_until     double precision
 );
 
--- version 6 (the console): webhooks by source and outcome and delivery results by
+-- version 7 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (
@@ -143,3 +143,13 @@ BEGIN
     RETURN greatest(0.001, oldest + 60.0 - p_now);
 END;
 $$;
+
+-- version 6: destinations disabled by their endpoint (Standard Webhooks 410 Gone). A row
+-- means disabled since `disabled_at`; enabling deletes it. `fingerprint` is a hash of the
+-- URL that answered 410. Created here for new and upgraded ledgers alike.
+CREATE TABLE IF NOT EXISTS destination_states (
+    destination text             PRIMARY KEY,
+    disabled_at double precision NOT NULL,
+    reason      text             NOT NULL,
+    fingerprint text
+);

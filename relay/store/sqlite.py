@@ -58,6 +58,7 @@ from relay.store import (
     Claim,
     DeliveryRow,
     DestinationError,
+    DisabledDestination,
     EventRecord,
     Forgotten,
     ReconcileState,
@@ -76,9 +77,9 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-# 3: event status; 4: reconcile_state; 5: counts and erasure;
-# 6: the console (conversions.email_hash, tallies, destination_errors: _upgrade_console)
-SCHEMA_VERSION = 6
+# 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
+# 7: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 7
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (see _upgrade_erasure)
 WAL_TRUNCATE_WAIT = 0.5  # seconds one `compact` try waits for other processes' readers…
 WAL_TRUNCATE_TRIES = 4  # …and how many tries before it is left to the next run
@@ -104,7 +105,7 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_console(conn: sqlite3.Connection) -> None:
-    """Schema 6 (the console): each conversion carries the SHA-256 of its buyer's
+    """Schema 7 (the console): each conversion carries the SHA-256 of its buyer's
     normalized email (`email_hash`, indexed), so a search by email is a lookup. Rows
     recorded before get theirs computed here, once, in the transaction that adds the
     column. (The tallies tables come from sqlite.sql.) Idempotent."""
@@ -648,6 +649,17 @@ class SQLiteStore(Store):
 
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         await self._call(_rate_block, key, per_minute, until)
+
+    async def disable_destination(
+        self, destination: str, reason: str, fingerprint: str | None, now: float
+    ) -> bool:
+        return await self._call(_disable_destination, destination, reason, fingerprint, now)
+
+    async def enable_destination(self, destination: str) -> DisabledDestination | None:
+        return await self._call(_enable_destination, destination)
+
+    async def disabled_destinations(self) -> dict[str, DisabledDestination]:
+        return await self._call(_disabled_destinations)
 
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         return await self._call(_rate_acquire, key, per_minute, now)
@@ -1611,6 +1623,35 @@ def _truncate_wal(conn: sqlite3.Connection, wait: float) -> bool:
     finally:
         conn.execute("PRAGMA busy_timeout = 0")
     return busy == 0
+
+
+def _disable_destination(
+    conn: sqlite3.Connection, destination: str, reason: str, fingerprint: str | None, now: float
+) -> bool:
+    cur = conn.execute(
+        "INSERT INTO destination_states (destination, disabled_at, reason, fingerprint)"
+        " VALUES (?,?,?,?) ON CONFLICT (destination) DO NOTHING",
+        (destination, now, reason, fingerprint),
+    )
+    return cur.rowcount == 1
+
+
+def _enable_destination(conn: sqlite3.Connection, destination: str) -> DisabledDestination | None:
+    row = conn.execute(
+        "DELETE FROM destination_states WHERE destination = ?"
+        " RETURNING destination, disabled_at, reason, fingerprint",
+        (destination,),
+    ).fetchone()
+    return None if row is None else DisabledDestination(*row)
+
+
+def _disabled_destinations(conn: sqlite3.Connection) -> dict[str, DisabledDestination]:
+    return {
+        row[0]: DisabledDestination(*row)
+        for row in conn.execute(
+            "SELECT destination, disabled_at, reason, fingerprint FROM destination_states"
+        )
+    }
 
 
 def _rate_block(conn: sqlite3.Connection, key: str, per_minute: int, until: float) -> None:

@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 6; columns and steps added after version 1
+-- relay ledger, SQLite flavour (schema version 7; columns and steps added after version 1
 -- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
@@ -85,7 +85,17 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     lease_until     REAL
 );
 
--- version 6 (the console): webhooks by source and outcome and delivery results by
+-- version 6: destinations disabled by their endpoint (Standard Webhooks 410 Gone). A row
+-- means disabled since `disabled_at`; enabling deletes it. `fingerprint` is a hash of the
+-- URL that answered 410. Created here for new and upgraded ledgers alike.
+CREATE TABLE IF NOT EXISTS destination_states (
+    destination TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    fingerprint TEXT
+);
+
+-- version 7 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (

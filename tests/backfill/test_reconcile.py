@@ -80,7 +80,7 @@ def test_an_api_error_is_logged_counted_and_the_next_run_resumes(tmp_path, simme
     assert STRIPE_KEY not in logs  # not even the key Stripe echoed back
     assert metric(relay, "relay_reconcile_errors_total", "stripe") == 1
     # The run after the failure read from the same point the failed one had aimed at.
-    [failed] = stripe_api.faulted
+    [failed] = stripe_api.faulted_queries
     path, failed_query = stripe_api.queries[failed]
     following = next(q for p, q in stripe_api.queries[failed + 1:] if p == "/v1/events")
     assert path == "/v1/events" and dict(following)["created[gte]"] == dict(failed_query)["created[gte]"]
@@ -110,7 +110,7 @@ def test_chargebee_failure_mid_run_keeps_what_was_read(tmp_path, simmer, impact,
     wait_until(lambda: len(simmer.conversions) == 6, timeout=30, message="all six recovered")
     assert re.search(r"reconcile source=chargebee failed after 4 events \(new=4\): Chargebee GET "
                      r"/api/v2/events answered 200 with a body that is not JSON", relay.logs())
-    [failed] = cb_api.faulted
+    [failed] = cb_api.faulted_queries
     failed_run = [dict(q) for p, q in cb_api.queries[:failed] if "offset" not in dict(q)][-1]
     resumed = next(dict(q) for p, q in cb_api.queries[failed + 1:] if "offset" not in dict(q))
     assert int(failed_run["occurred_at[after]"]) == int(first_mark) - 1  # the whole downtime

@@ -295,3 +295,62 @@ def test_overview_says_when_a_source_reconcile_fails(console: Console) -> None:
     portal.call(store.reconcile_done, "stripe", "test", now + 2, now, None)
     shown = text(console.client.get("/console/").text)
     assert "reconcile failing" not in shown and "reconciled" in shown
+
+
+def test_a_destination_its_endpoint_disabled_is_shown_and_enabled_again(
+    console: Console, simmer: SimmerEmulator
+) -> None:
+    store = console.client.app.state.relay.store  # type: ignore[union-attr]
+    portal = console.client.portal  # type: ignore[union-attr]
+    now = time.time()
+    assert portal.call(store.disable_destination, "simmer", "HTTP 410: endpoint gone", None, now)
+    page = console.client.get("/console/")
+    card = re.search(r'<article class="card h-(\w+)" aria-labelledby="d-simmer">(.*?)</article>',
+                     page.text, re.S)
+    assert card is not None and card.group(1) == "bad"
+    words = text(card.group(2))
+    assert "Disabled by its endpoint" in words and "HTTP 410: endpoint gone" in words
+    assert "Enable simmer again" in words
+    done = console.client.post("/console/destinations/enable",
+                               data={"csrf": console.csrf(), "destination": "simmer",
+                                     "back": "/console/"})
+    assert "simmer is enabled again (disabled since" in text(done.text)
+    assert portal.call(store.disabled_destinations) == {}
+    assert "Disabled by its endpoint" not in text(done.text)
+    again = console.client.post("/console/destinations/enable",
+                                data={"csrf": console.csrf(), "destination": "simmer"})
+    assert "simmer was not disabled" in text(again.text)
+    refused = console.client.post("/console/destinations/enable", data={"destination": "simmer"})
+    assert refused.status_code == 403
+
+
+def test_retry_all_enables_a_disabled_destination_first(console: Console, simmer: SimmerEmulator) -> None:
+    simmer.fail_next(1, 400, body={"error": "email is invalid"})
+    console.post_stripe(checkout_event())
+    wait_until(lambda: statuses(console.db) == [FAILED], message="the failure")
+    store = console.client.app.state.relay.store  # type: ignore[union-attr]
+    portal = console.client.portal  # type: ignore[union-attr]
+    portal.call(store.disable_destination, "simmer", "HTTP 410: gone", None, time.time())
+    done = console.client.post("/console/deliveries/retry",
+                               data={"csrf": console.csrf(), "destination": "simmer",
+                                     "status": "failed"})
+    shown = text(done.text)
+    assert "simmer is enabled again" in shown and "Requeued 1 failed delivery to simmer" in shown
+    wait_until(lambda: len(simmer.accepted) == 1, message="delivered once enabled")
+
+
+def test_a_delivery_whose_buyer_was_forgotten_is_not_retried(
+    console: Console, simmer: SimmerEmulator
+) -> None:
+    fail_once(console, simmer, email="gone@example.com")
+    store = console.client.app.state.relay.store  # type: ignore[union-attr]
+    portal = console.client.portal  # type: ignore[union-attr]
+    portal.call(lambda: store.forget(email="gone@example.com", now=time.time()))
+    listed = console.client.get("/console/deliveries?status=failed")
+    assert "erased" in text(listed.text) and 'aria-label="Retry delivery' not in listed.text
+    page = console.client.get("/console/conversions/1")
+    assert "personal data was erased (by relay forget)" in text(page.text)
+    assert "gone@example.com" not in page.text
+    done = console.client.post("/console/deliveries/retry", data={"csrf": console.csrf(), "id": "1"})
+    assert "was not requeued: its buyer's personal data was removed by relay forget" in text(done.text)
+    assert statuses(console.db) == [FAILED] and simmer.accepted == []

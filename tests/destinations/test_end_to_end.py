@@ -102,3 +102,45 @@ def test_renewal_reaches_converge_as_recurring_order(tmp_path, converge_emu):
     assert body["properties"]["total_price"] == Decimal("19.00")
     assert body["properties"]["$is_new_customer"] is True  # first revenue conversion of this customer
     assert body["aliases"] == ["urn:email:renewer@example.com"]
+
+
+def test_signed_jpy_and_kwd_purchases_reach_every_destination_exactly(
+        tmp_path, relay_factory, simmer, impact, pagent_emu, topmail_emu, converge_emu, webhook_emu):
+    """Stripe minor units → relay serve → six stand-ins: ¥4,980 is 4980 (not 49.80) and
+    KWD 12.340 is 12.340 (not 123.40) at every destination, each in its own unit."""
+    env = full_env(tmp_path / "relay.db", simmer, impact, pagent_emu, topmail_emu, converge_emu, webhook_emu)
+    env["RELAY_PAGENT__CURRENCY"] = "JPY"  # pagent's project currency: the KWD one is skipped
+    relay = relay_factory(env)
+    meta = {"irclickid": "click-m", "pagent": json.dumps(
+        {"session_id": "s", "user_id": "u", "conversion_id": "g"})}
+    jpy = checkout_event(amount=4980, currency="jpy", tax=452, metadata=meta)
+    kwd = checkout_event(amount=12340, currency="kwd", tax=340, shipping=1500, metadata=meta)
+    for event in (jpy, kwd):
+        assert relay.post_stripe(event).json()["deliveries"] == 6
+    wait_until(lambda: len([r for r in relay.deliveries() if r["status"] != "pending"]) == 12, timeout=30,
+               message="12 deliveries settled")
+    by_currency = {
+        "simmer": {b.parsed["currency"]: b.parsed["total_revenue"] for b in simmer.accepted},
+        "topmail": {b.parsed["currency"]: b.parsed["revenue"] for b in topmail_emu.accepted},
+        "converge": {b.parsed["properties"]["currency"]: (b.parsed["properties"]["total_price"],
+                                                           b.parsed["properties"]["total_tax"],
+                                                           b.parsed["properties"]["total_shipping"])
+                     for b in converge_emu.accepted},
+        "webhook": {b.parsed["data"]["currency"]: (b.parsed["data"]["total"], b.parsed["data"]["tax"],
+                                                    b.parsed["data"]["shipping"], b.parsed["data"]["net"])
+                    for b in webhook_emu.accepted},
+        "impact": {b.parsed["CurrencyCode"]: (b.parsed["OrderSubTotalPostDiscount"], b.parsed["OrderTax"],
+                                               b.parsed["OrderShipping"]) for b in impact.accepted},
+        "pagent": [b.parsed["revenue"] for b in pagent_emu.accepted],
+    }
+    assert by_currency == {
+        "simmer": {"JPY": Decimal("4980"), "KWD": Decimal("12.340")},
+        "topmail": {"JPY": Decimal("4980"), "KWD": Decimal("12.340")},
+        "converge": {"JPY": (Decimal("4980"), Decimal("452"), Decimal("0")),
+                     "KWD": (Decimal("12.340"), Decimal("0.340"), Decimal("1.500"))},
+        "webhook": {"JPY": ("4980", "452", "0", "4528"), "KWD": ("12.340", "0.340", "1.500", "10.500")},
+        "impact": {"JPY": ("4528.00", "452.00", "0.00"), "KWD": ("10.50", "0.34", "1.50")},
+        "pagent": [4980],
+    }
+    [skipped] = relay.deliveries(status="skipped")
+    assert skipped["destination"] == "pagent" and "KWD" in skipped["last_error"]

@@ -74,7 +74,7 @@ class Case:
     label: str
     fault: tuple[Any, ...] = ()  # ("status", code, headers, body) | ("reset",) | ("timeout",) | ()
     settings: dict[str, Any] = field(default_factory=dict)
-    expect: str = "delivered"  # delivered | pending | retry_after | failed | ambiguous
+    expect: str = "delivered"  # delivered | pending | retry_after | failed | ambiguous | gone
     text: str = ""  # must appear in last_error
 
 
@@ -134,9 +134,9 @@ CASES = [
          text="unknown postback endpoint"),
     Case("converge", "429", status(429, {"error": "rate limited"}, RA), expect="retry_after"),
     Case("converge", "503", status(503, {"error": "unavailable"}), expect="pending", text="503"),
-    # Standard Webhooks: 410 disables; every other non-2xx is retried.
+    # Standard Webhooks: 410 disables the destination; every other non-2xx is retried.
     Case("webhook", "success"),
-    Case("webhook", "410", status(410, {"error": "endpoint removed"}), expect="failed", text="endpoint gone"),
+    Case("webhook", "410", status(410, {"error": "endpoint removed"}), expect="gone", text="endpoint gone"),
     Case("webhook", "400", status(400, {"error": "bad"}), expect="pending", text="400"),
     Case("webhook", "401", settings={"secret": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"},
          expect="pending", text="signature"),
@@ -178,8 +178,7 @@ def reset_server() -> Iterator[ResetServer]:
 def test_destination_outcomes(case: Case, emulators: dict[str, Emulator], reset_server: ResetServer,
                               tmp_path: Path) -> None:
     emu = emulators[case.destination]
-    emu._faults.clear()
-    emu.delay = 0.0
+    emu.reset()
     base = emu.url
     kind = case.fault[0] if case.fault else None
     if kind == "status":
@@ -189,20 +188,21 @@ def test_destination_outcomes(case: Case, emulators: dict[str, Emulator], reset_
         base = reset_server.url
     elif kind == "timeout":
         emu.delay = 1.2
-    before = len(emu.accepted)
     dest = make(case.destination, base, **case.settings)
     started = time.time()
     try:
         [row] = deliver(tmp_path / "relay.db", {case.destination: dest}, [sample()])
     finally:
-        emu.delay = 0.0
-        emu._faults.clear()
+        accepted, rejected, faulted = len(emu.accepted), list(emu.rejected), list(emu.faulted)
+        emu.reset()
     error = row.last_error or ""
     assert "buyer@example.com" not in error
+    if kind == "status":  # the faulted request itself was valid: the fault was its only answer
+        assert [code for _, code in faulted] == [case.fault[1]] and rejected == [], rejected
     if case.expect == "delivered":
         assert row.status == "delivered", row
         if not case.fault:
-            assert len(emu.accepted) == before + 1, emu.rejected[-1:]
+            assert accepted == 1, rejected
     elif case.expect == "pending":
         assert row.status == "pending", row
         assert row.next_attempt_at is not None and row.next_attempt_at > started
@@ -213,6 +213,9 @@ def test_destination_outcomes(case: Case, emulators: dict[str, Emulator], reset_
     elif case.expect == "failed":
         assert row.status == "failed", row
         assert not error.startswith("ambiguous")
+    elif case.expect == "gone":  # the destination is disabled; this delivery waits, due
+        assert row.status == "pending" and row.last_status_code == 410, row
+        assert row.next_attempt_at is not None and row.next_attempt_at <= time.time()
     elif case.expect == "ambiguous":
         assert row.status == "failed", row
         assert error.startswith("ambiguous"), error

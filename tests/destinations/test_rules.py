@@ -2,13 +2,14 @@
 
 Requests are built by the destination modules and sent straight to the
 stand-ins (no worker), over awkward but valid conversions: zero- and
-three-decimal currencies, long order keys, missing optional ids.
+three-decimal currencies, long order keys, missing optional ids. The amounts
+each destination receives are checked in test_amounts.py.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from tests.destinations.conftest import (
 )
 from tests.helpers import FIXTURES
 
-NOW = datetime.now(UTC)
 VARIANTS = {
     "usd": {},
     "jpy": {"currency": "JPY", "total": Decimal("800"), "subtotal": Decimal("800"), "tax": None,
@@ -44,6 +44,11 @@ VARIANTS = {
                                  "topmail_campaign_id": "not-a-uuid"}},
     "zero": {"total": Decimal("0.00"), "tax": Decimal("0"), "subtotal": Decimal("0"), "items": ()},
 }
+def now() -> datetime:
+    """The moment of building, taken when a test runs (not when the module was imported)."""
+    return datetime.now(UTC)
+
+
 KINDS = ("purchase", "subscription_started", "subscription_renewed", "subscription_cancelled")
 
 
@@ -65,70 +70,77 @@ def test_every_request_passes_the_stand_ins(variant, kind, pagent_emu, topmail_e
         (Webhook(WebhookSettings(url=webhook_emu.url + "/hooks/relay", secret=WEBHOOK_SECRET)), webhook_emu),
     ]
     for dest, _emu in dests:
-        built = dest.build(conv, NOW)
+        built = dest.build(conv, now())
         assert not isinstance(built, Skip), (dest.name, built)
         r = send(built)
         assert r.status_code in (200, 201), (dest.name, r.status_code, r.text)
 
 
 def test_pagent_body():
-    conv = sample(currency="JPY", total=Decimal("800"))
-    body = json.loads(Pagent(PagentSettings(api_key="k")).build(conv, NOW).content)
+    # 2024-08-02T07:55:24.987654Z, written as pagent's Unix milliseconds by hand.
+    conv = sample(currency="JPY", total=Decimal("800"),
+                  occurred_at=datetime(2024, 8, 2, 7, 55, 24, 987654, tzinfo=UTC))
+    body = json.loads(Pagent(PagentSettings(api_key="k")).build(conv, now()).content)
     assert body["session_data"] == {"session_id": "sess-1", "user_id": "user-1",
                                     "conversion_id": "goal-uuid-1", "visit_id": "visit-1"}
     assert body["revenue"] == 800 and body["label"] == "purchase"
-    assert body["time"] == int(conv.occurred_at.timestamp()) * 1000 + conv.occurred_at.microsecond // 1000
-    assert json.loads(Pagent(PagentSettings(api_key="k")).build(sample(), NOW).content)["revenue"] == 4900
+    assert body["time"] == 1722585324987
+    pacific = datetime(2024, 8, 1, 23, 55, 24, 987654, tzinfo=timezone(timedelta(hours=-8)))  # the same instant
+    assert json.loads(Pagent(PagentSettings(api_key="k")).build(
+        sample(occurred_at=pacific), now()).content)["time"] == 1722585324987
+    whole = sample(occurred_at=datetime(2024, 8, 2, 7, 55, 24, tzinfo=UTC))
+    assert json.loads(Pagent(PagentSettings(api_key="k")).build(whole, now()).content)["time"] == 1722585324000
+    assert json.loads(Pagent(PagentSettings(api_key="k")).build(sample(), now()).content)["revenue"] == 4900
     bhd = sample(currency="BHD", total=Decimal("1.234"))
-    assert json.loads(Pagent(PagentSettings(api_key="k")).build(bhd, NOW).content)["revenue"] == 1234
+    assert json.loads(Pagent(PagentSettings(api_key="k")).build(bhd, now()).content)["revenue"] == 1234
 
 
 def test_pagent_skips():
     p = Pagent(PagentSettings(api_key="k"))
-    assert p.build(sample(attribution={}), NOW) == Skip(
+    assert p.build(sample(attribution={}), now()) == Skip(
         "no pagent session ids (pagent_session_id and pagent_user_id are needed)")
     no_goal = sample(attribution={"pagent_session_id": "s", "pagent_user_id": "u"})
-    assert "goal label matched nothing" in p.build(no_goal, NOW).reason
-    eur = Pagent(PagentSettings(api_key="k", currency="EUR")).build(sample(), NOW)
+    assert "goal label matched nothing" in p.build(no_goal, now()).reason
+    eur = Pagent(PagentSettings(api_key="k", currency="EUR")).build(sample(), now())
     assert isinstance(eur, Skip) and "currency" in eur.reason
 
 
 def test_topmail_body():
     t = Topmail(TopmailSettings(api_key="tm_test_x", subscription_type="upgrade", attribution_window=30))
-    req = t.build(sample(), NOW)
+    req = t.build(sample(), now())
     body = json.loads(req.content)
     assert body["type"] == "purchase" and body["campaign_id"].count("-") == 4
     assert req.content.count(b'"revenue":49.00') == 1
     assert body["attribution_window"] == 30 and body["attribution_model"] == "last_touch"
     assert "buyer@example.com" not in json.dumps(body["metadata"])
-    again = t.build(sample(order_key=body["metadata"]["order_key"]), NOW)
+    again = t.build(sample(order_key=body["metadata"]["order_key"]), now())
     assert again.headers["Idempotency-Key"] == req.headers["Idempotency-Key"]
-    assert json.loads(t.build(sample("subscription_started"), NOW).content)["type"] == "upgrade"
-    assert json.loads(t.build(sample("subscription_renewed"), NOW).content)["type"] == "custom"
-    long = json.loads(t.build(sample(order_key="y" * 300), NOW).content)
+    assert json.loads(t.build(sample("subscription_started"), now()).content)["type"] == "upgrade"
+    assert json.loads(t.build(sample("subscription_renewed"), now()).content)["type"] == "custom"
+    long = json.loads(t.build(sample(order_key="y" * 300), now()).content)
     assert len(long["order_id"]) <= 100
-    assert "campaign_id" not in json.loads(t.build(sample(attribution={"topmail_campaign_id": "abc"}), NOW).content)
-    assert isinstance(t.build(sample(customer=Customer(id="cus_1")), NOW), Skip)
-    assert isinstance(t.build(sample("refund"), NOW), Skip)
+    assert "campaign_id" not in json.loads(t.build(sample(attribution={"topmail_campaign_id": "abc"}), now()).content)
+    assert isinstance(t.build(sample(customer=Customer(id="cus_1")), now()), Skip)
+    assert isinstance(t.build(sample("refund"), now()), Skip)
 
 
 def test_converge_body():
     c = Converge(ConvergeSettings(postback_url="http://127.0.0.1:1/x", new_customer_default=False))
-    names = {k: json.loads(c.build(sample(k), NOW).content)["event_name"] for k in KINDS}
+    names = {k: json.loads(c.build(sample(k), now()).content)["event_name"] for k in KINDS}
     assert names == {"purchase": "Placed Order", "subscription_started": "Started Subscription",
                      "subscription_renewed": "Placed Recurring Subscription Order",
                      "subscription_cancelled": "Cancelled Subscription"}
     conv = sample(new_customer=True)
-    body = json.loads(c.build(conv, NOW).content)
+    body = json.loads(c.build(conv, now()).content)
     assert body["event_id"] == f"stripe:purchase:{conv.order_key}"
     assert body["properties"]["$is_new_customer"] is True
-    assert json.loads(c.build(sample(), NOW).content)["properties"]["$is_new_customer"] is False
+    assert json.loads(c.build(sample(), now()).content)["properties"]["$is_new_customer"] is False
     assert body["aliases"] == ["urn:email:buyer@example.com"]
     assert body["timestamp"].endswith("+00:00")
-    assert b'"total_price":49.00' in c.build(conv, NOW).content
-    assert c.build(sample(customer=Customer(id="cus_1")), NOW).reason.startswith("no alias")
-    assert isinstance(c.build(sample("refund"), NOW), Skip)
-    assert "X-Webhook-Token" not in c.build(conv, NOW).headers
+    assert b'"total_price":49.00' in c.build(conv, now()).content
+    assert c.build(sample(customer=Customer(id="cus_1")), now()).reason.startswith("no alias")
+    assert isinstance(c.build(sample("refund"), now()), Skip)
+    assert "X-Webhook-Token" not in c.build(conv, now()).headers
 
 
 def test_standard_webhooks_vector():

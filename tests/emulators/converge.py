@@ -7,8 +7,8 @@ is raw JSON (`Content-Type: application/json`, no form data); 400 when:
 or `profile_properties` is not an object; `aliases` is not an array of 1–10
 `urn:<kind>:<value>` strings; `timestamp` is neither ISO-8601 with a timezone
 nor integer epoch seconds; money fields (`total_price`, `total_tax`,
-`total_shipping`, item `price`) are not numbers; `currency` is not a 3-letter
-uppercase code; items are not objects with an integer quantity; a Placed Order
+`total_shipping`, item `price`) are not numbers; `currency` is not an ISO 4217
+code; items are not objects with an integer quantity; a Placed Order
 lacks a boolean `$is_new_customer`. Events are deduplicated on `event_id`
 (`duplicates` counts repeats); 200 `{"status": "ok"}`.
 """
@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from tests.emulators.base import Emulator, Rejection, Seen
+from tests.emulators.base import Emulator, Rejection, Seen, is_currency, real_datetime
 
 ALIAS = re.compile(r"^urn:[a-z_]+:\S.*$")
 ISO_TZ = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
@@ -34,6 +33,10 @@ class ConvergeEmulator(Emulator):
         super().__init__(port)
         self.postback_path = path
         self.token = token
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
         self.events: dict[str, dict[str, Any]] = {}
         self.duplicates: list[str] = []
 
@@ -44,7 +47,7 @@ class ConvergeEmulator(Emulator):
     def bad(self, message: str) -> Rejection:
         return Rejection(400, {"error": message})
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
         if seen.path != self.postback_path or seen.method != "POST":
             raise Rejection(404, {"error": "unknown postback endpoint"})
         if self.token is not None and seen.headers.get("x-webhook-token") != self.token:
@@ -75,6 +78,9 @@ class ConvergeEmulator(Emulator):
             if not key.startswith("$") and not isinstance(value, (str, int, Decimal, bool)):
                 raise self.bad(f"profile property {key} has an unsupported type")
         seen.parsed = body
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        body = seen.parsed
         if body["event_id"] in self.events:
             self.duplicates.append(body["event_id"])
         else:
@@ -88,17 +94,15 @@ class ConvergeEmulator(Emulator):
             if value > 10**11:
                 raise self.bad("timestamp epoch must be seconds")
             return
-        if not isinstance(value, str) or not ISO_TZ.match(value):
+        if not isinstance(value, str) or not ISO_TZ.match(value) or real_datetime(value) is None:
             raise self.bad("timestamp must be ISO-8601 with a timezone")
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
 
     def check_properties(self, name: str, props: dict[str, Any]) -> None:
         for key in MONEY:
             if key in props and (isinstance(props[key], bool) or not isinstance(props[key], (int, Decimal))):
                 raise self.bad(f"properties.{key} must be a number")
-        if "currency" in props and (not isinstance(props["currency"], str)
-                                    or not re.fullmatch(r"[A-Z]{3}", props["currency"])):
-            raise self.bad("properties.currency must be a 3-letter code")
+        if "currency" in props and not is_currency(props["currency"]):
+            raise self.bad("properties.currency must be an ISO 4217 code")
         items = props.get("items", [])
         if not isinstance(items, list):
             raise self.bad("properties.items must be an array")
@@ -108,6 +112,8 @@ class ConvergeEmulator(Emulator):
             price = item.get("price")
             if price is not None and (isinstance(price, bool) or not isinstance(price, (int, Decimal))):
                 raise self.bad("item price must be a number")
+            if "currency" in item and not is_currency(item["currency"]):
+                raise self.bad("item currency must be an ISO 4217 code")
             quantity = item.get("quantity", 1)
             if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
                 raise self.bad("item quantity must be a positive integer")

@@ -67,26 +67,33 @@ class GA4Emulator(Emulator):
                     out.setdefault(event["params"]["transaction_id"], event)
         return out
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
+        """/mp/collect's rules, before any injected fault (tests/emulators/base.py): a hit
+        that breaks one is dropped (GA4 still answers 2xx). /debug/mp/collect answers its
+        validation messages in `handle`."""
         if seen.method != "POST" or seen.path not in ("/mp/collect", "/debug/mp/collect"):
             raise Rejection(404, {"error": "not found"})
-        debug = seen.path.startswith("/debug")
+        if seen.path.startswith("/debug"):
+            return
         query = {k: v[0] for k, v in parse_qs(seen.query).items()}
-        messages, body = self.validate(seen.body)
-        if debug:
-            self.debug_requests.append(seen)
-            return 200, {"validationMessages": messages}
+        messages, body = self.validation_messages(seen.body)
         if query.get("measurement_id") != self.measurement_id or query.get("api_secret") != self.api_secret:
             raise Rejection(204, None, reason="wrong measurement_id or api_secret: Google drops the hit")
         if messages:
             raise Rejection(204, None, reason=messages)
         seen.parsed = body
-        self.hits.append(body)
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        if seen.path.startswith("/debug"):
+            messages, _ = self.validation_messages(seen.body)
+            self.debug_requests.append(seen)
+            return 200, {"validationMessages": messages}
+        self.hits.append(seen.parsed)
         return 204, None
 
     # ---------------------------------------------------------------- validation
 
-    def validate(self, raw: bytes) -> tuple[list[dict[str, str]], Any]:
+    def validation_messages(self, raw: bytes) -> tuple[list[dict[str, str]], Any]:
         out: list[dict[str, str]] = []
 
         def msg(path: str, description: str, code: str) -> None:

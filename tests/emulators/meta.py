@@ -100,7 +100,8 @@ class MetaEmulator(Emulator):
     def bad(self, user_msg: str, subcode: int = 2804019) -> Rejection:
         return Rejection(400, error_body(100, "Invalid parameter", subcode, user_msg))
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
+        """Every rule Meta applies, before any injected fault (tests/emulators/base.py)."""
         parts = seen.path.strip("/").split("/")
         if seen.method != "POST" or len(parts) != 3 or parts[2] != "events" \
                 or not re.fullmatch(r"v[0-9]+\.[0-9]+", parts[0]):
@@ -133,8 +134,11 @@ class MetaEmulator(Emulator):
         for n, event in enumerate(data):
             self.check(event, n, now)
         seen.parsed = {"data": data, "test_event_code": params.get("test_event_code")}
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        data = seen.parsed["data"]
         self.events.extend(data)
-        self.test_event_codes.append(params.get("test_event_code"))
+        self.test_event_codes.append(seen.parsed["test_event_code"])
         return 200, {"events_received": len(data), "messages": [],
                      "fbtrace_id": "A" + secrets.token_urlsafe(15)}
 

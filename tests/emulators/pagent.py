@@ -27,12 +27,16 @@ class PagentEmulator(Emulator):
     def __init__(self, api_key: str = "pagent-key", port: int | None = None) -> None:
         super().__init__(port)
         self.api_key = api_key
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
         self.events: list[dict[str, Any]] = []
 
     def bad(self, message: str) -> Rejection:
         return Rejection(400, {"error": message})
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
         routes = {"/v1/conversions": "v1", "/v2/conversions": "v2", "/v2/conversions/bulk": "bulk"}
         version = routes.get(seen.path)
         if version is None or seen.method != "POST":
@@ -48,7 +52,7 @@ class PagentEmulator(Emulator):
         if not isinstance(body, dict):
             raise self.bad("body must be an object")
         if version == "v2":
-            events = [self.check_v2(body)]
+            self.check_v2(body)
         else:
             if set(body) != {"events"}:
                 raise self.bad("body must be {\"events\": [...]}")
@@ -56,9 +60,14 @@ class PagentEmulator(Emulator):
             if not isinstance(items, list) or not 1 <= len(items) <= 100:
                 raise self.bad("events must contain 1 to 100 items")
             check = self.check_v1 if version == "v1" else self.check_v2
-            events = [check(e) for e in items]
-        self.events.extend(events)
+            for event in items:
+                check(event)
         seen.parsed = body
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        body = seen.parsed
+        events = [body] if seen.path == "/v2/conversions" else body["events"]
+        self.events.extend(events)
         return 200, {"accepted": len(events)}
 
     def check_v1(self, event: Any) -> dict[str, Any]:

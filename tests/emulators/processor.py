@@ -33,7 +33,7 @@ class ProcessorEmulator(Emulator):
         self.pages = 0
         self.queries: list[tuple[str, list[tuple[str, str]]]] = []  # (path, query) in order
         self.page_cap: int | None = None  # serve at most this many per page (to test paging)
-        self.faulted: list[int] = []  # indexes in `queries` answered by an injected fault
+        self.faulted_queries: list[int] = []  # indexes in `queries` answered by an injected fault
         self._when: list[tuple[Any, bytes]] = []
 
     def malformed_next(self, count: int = 1, raw: bytes | None = None) -> None:
@@ -65,10 +65,10 @@ class ProcessorEmulator(Emulator):
             predicate, raw = entry
             if request.method == "GET" and predicate(request.url.path, dict(params)):
                 self._when.remove(entry)
-                self.faulted.append(len(self.queries) - 1)
+                self.faulted_queries.append(len(self.queries) - 1)
                 return Response(raw, status_code=200, media_type="application/json")
         if self._faults:
-            self.faulted.append(len(self.queries) - 1)
+            self.faulted_queries.append(len(self.queries) - 1)
         return await super()._endpoint(request)
 
 

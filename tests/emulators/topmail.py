@@ -5,7 +5,7 @@ Errors use the envelope `{"error": {"code", "message", "path"}}`:
 X-API-Key); 403 `forbidden` (key without conversions:write); 400
 `validation_error` on any rule broken — JSON object body, no unknown fields,
 `email` (valid address) or `contact_id` (UUID), `type` ∈
-purchase|signup|upgrade|custom, `revenue` a number ≥ 0, `currency` 3-letter ISO,
+purchase|signup|upgrade|custom, `revenue` a number ≥ 0, `currency` an ISO 4217 code,
 `order_id` string ≤ 100 chars, `campaign_id`/`flow_id` UUIDs,
 `attribution_model` ∈ last_touch|first_touch|linear, `attribution_window`
 integer 1–90, `metadata` an object; 404 `contact_not_found` when `contacts` is
@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tests.emulators.base import Emulator, Rejection, Seen
+from starlette.responses import JSONResponse, Response
+
+from tests.emulators.base import Emulator, Rejection, Seen, is_currency
 
 EMAIL = re.compile(r"^[^\s@]+@[^\s@]+\.[A-Za-z]{2,}$")
 FIELDS = {"email", "contact_id", "type", "revenue", "currency", "order_id", "campaign_id", "flow_id",
@@ -44,7 +47,12 @@ class TopmailEmulator(Emulator):
                  contacts: set[str] | None = None) -> None:
         super().__init__(port)
         self.api_key = api_key
-        self.contacts = contacts  # None: every email is a known contact
+        self._contacts = contacts
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.contacts = self._contacts  # None: every email is a known contact
         self.conversions: dict[str, dict[str, Any]] = {}  # order_id → body
         self.idempotency: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
@@ -54,7 +62,7 @@ class TopmailEmulator(Emulator):
     def bad(self, path: str, message: str) -> Rejection:
         return self.error(400, "validation_error", message, path)
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
         if seen.path != "/api/v1/conversions" or seen.method != "POST":
             raise self.error(404, "not_found", "not found")
         auth = seen.headers.get("authorization") or ""
@@ -65,19 +73,23 @@ class TopmailEmulator(Emulator):
             raise self.error(403, "forbidden", "API key lacks conversions: write")
         if not seen.headers.get("content-type", "").startswith("application/json"):
             raise self.bad("", "Content-Type must be application/json")
-        key = seen.headers.get("idempotency-key")
-        if key and key in self.idempotency:
-            body_seen, answer = self.idempotency[key]
-            if body_seen != seen.body:
-                raise self.error(409, "idempotency_conflict", "Idempotency-Key reused with another body")
-            return 201, answer
         try:
             body = json.loads(seen.body, parse_float=Decimal)
         except ValueError:
             raise self.bad("", "body is not JSON") from None
         if not isinstance(body, dict):
             raise self.bad("", "body must be an object")
-        self.validate(body)
+        self.check_body(body)
+        seen.parsed = body
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        body = seen.parsed
+        key = seen.headers.get("idempotency-key")
+        if key and key in self.idempotency:
+            body_seen, answer = self.idempotency[key]
+            if body_seen != seen.body:
+                raise self.error(409, "idempotency_conflict", "Idempotency-Key reused with another body")
+            return 201, answer
         if self.contacts is not None and body.get("email") and body["email"].lower() not in self.contacts:
             raise self.error(404, "contact_not_found", "No contact found with the given email or contact_id")
         order_id = body.get("order_id")
@@ -85,7 +97,6 @@ class TopmailEmulator(Emulator):
             raise self.error(409, "duplicate", "A resource with the same identifier already exists", "order_id")
         if order_id is not None:
             self.conversions[order_id] = body
-        seen.parsed = body
         answer = {"data": {
             "id": str(uuid.uuid4()), "type": body.get("type", "custom"),
             "revenue": float(body["revenue"]) if "revenue" in body else None,
@@ -99,7 +110,7 @@ class TopmailEmulator(Emulator):
             self.idempotency[key] = (seen.body, answer)
         return 201, answer
 
-    def validate(self, body: dict[str, Any]) -> None:
+    def check_body(self, body: dict[str, Any]) -> None:
         unknown = set(body) - FIELDS
         if unknown:
             raise self.bad(sorted(unknown)[0], "unknown field")
@@ -115,8 +126,7 @@ class TopmailEmulator(Emulator):
             revenue = body["revenue"]
             if isinstance(revenue, bool) or not isinstance(revenue, (int, Decimal)) or revenue < 0:
                 raise self.bad("revenue", "must be a number >= 0")
-        if "currency" in body and (not isinstance(body["currency"], str)
-                                   or not re.fullmatch(r"[A-Z]{3}", body["currency"])):
+        if "currency" in body and not is_currency(body["currency"]):
             raise self.bad("currency", "must be a 3-letter ISO code")
         if "order_id" in body and (not isinstance(body["order_id"], str) or not 1 <= len(body["order_id"]) <= 100):
             raise self.bad("order_id", "max 100 characters")
@@ -132,7 +142,10 @@ class TopmailEmulator(Emulator):
         if "metadata" in body and not isinstance(body["metadata"], dict):
             raise self.bad("metadata", "must be an object")
 
-    def rate_limited(self, wait: int):  # type: ignore[no-untyped-def]
-        from starlette.responses import JSONResponse
+    def rate_limited(self, wait: int) -> Response:
+        """topmail's 429: `Retry-After` seconds, `X-RateLimit-Remaining` and
+        `X-RateLimit-Reset` as an ISO-8601 timestamp (developer docs, errors page)."""
+        reset = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=wait)
         return JSONResponse({"error": {"code": "rate_limited", "message": "Too many requests", "path": None}},
-                            status_code=429, headers={"Retry-After": str(wait)})
+                            status_code=429, headers={"Retry-After": str(wait), "X-RateLimit-Remaining": "0",
+                                                      "X-RateLimit-Reset": reset.isoformat().replace("+00:00", "Z")})

@@ -16,10 +16,11 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.emulators.base import Emulator, Rejection, Seen
+from tests.emulators.base import Emulator, Rejection, Seen, is_currency, real_datetime
 
 MONEY = ("total", "subtotal", "discount", "tax", "shipping", "net")
 DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
+RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 KINDS = ("purchase", "subscription_started", "subscription_renewed", "subscription_cancelled", "refund")
 
 
@@ -27,13 +28,17 @@ class WebhookReceiver(Emulator):
     def __init__(self, secret: str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", port: int | None = None) -> None:
         super().__init__(port)
         self.secret = secret
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
         self.messages: dict[str, dict[str, Any]] = {}
         self.duplicates: list[str] = []
 
     def bad(self, message: str) -> Rejection:
         return Rejection(400, {"error": message})
 
-    def handle(self, seen: Seen) -> tuple[int, Any]:
+    def validate(self, seen: Seen) -> None:
         if seen.method != "POST" or seen.path != "/hooks/relay":
             raise Rejection(404, {"error": "not found"})
         msg_id = seen.headers.get("webhook-id", "")
@@ -53,6 +58,9 @@ class WebhookReceiver(Emulator):
             raise self.bad("body is not JSON") from None
         self.check_schema(body, msg_id)
         seen.parsed = body
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        body, msg_id = seen.parsed, seen.headers["webhook-id"]
         if msg_id in self.messages:
             self.duplicates.append(msg_id)
         else:
@@ -76,7 +84,10 @@ class WebhookReceiver(Emulator):
         for key in ("source", "order_key", "occurred_at"):
             if not isinstance(data.get(key), str):
                 raise self.bad(f"data.{key} must be a string")
-        if data.get("currency") is not None and not re.fullmatch(r"[A-Z]{3}", data["currency"]):
+        for where, value in (("timestamp", body.get("timestamp")), ("data.occurred_at", data["occurred_at"])):
+            if not RFC3339_Z.match(str(value)) or real_datetime(str(value)) is None:
+                raise self.bad(f"{where} must be an RFC 3339 UTC time")
+        if data.get("currency") is not None and not is_currency(data["currency"]):
             raise self.bad("data.currency must be ISO 4217")
         for item in data.get("items", []):
             for key in ("price", "subtotal"):

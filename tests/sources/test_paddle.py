@@ -238,6 +238,37 @@ def test_without_api_key_simmer_skips_for_no_email(tmp_path, relay_factory):
         assert simmer.requests == []
 
 
+def test_retry_skipped_after_adding_the_api_key_delivers_them(tmp_path, relay_factory, paddle_api, simmer):
+    """Skipped for no email (no RELAY_PADDLE__API_KEY); the operator adds the key, restarts and
+    runs `relay retry --skipped`: the email is looked up and the conversion reaches Simmer."""
+    customer = entity("customer.created")
+    paddle_api.customers[customer["id"]] = customer
+    env = {
+        "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}",
+        "RELAY_PADDLE__WEBHOOK_SECRETS": PADDLE_SECRET,
+        "RELAY_SIMMER__SECRET_KEY": SIMMER_KEY,
+        "RELAY_SIMMER__PROJECT_ID": SIMMER_PROJECT,
+        "RELAY_SIMMER__URL": f"{simmer.url}/api/conversion",
+        "RELAY_WORKER__POLL_SECONDS": "0.2",
+    }
+    proc = relay_factory(env)
+    body = dumps(envelope("transaction.completed", entity("transaction.completed")))
+    assert proc.post("paddle", body, paddle_headers(body)).status_code == 200
+    [skipped] = wait_until(lambda: proc.deliveries(status="skipped"), message="skipped delivery")
+    assert "no buyer email" in skipped["last_error"]
+    assert proc.cli("retry", "--failed").stdout.strip() == "requeued 0 deliveries"  # skipped is not failed
+
+    proc.stop()
+    proc.env |= {"RELAY_PADDLE__API_KEY": PADDLE_API_KEY, "RELAY_PADDLE__API_BASE": paddle_api.url}
+    proc.start()
+    assert proc.cli("retry", "--skipped", "--destination", "simmer").stdout.strip() == "requeued 1 delivery"
+    wait_until(lambda: simmer.accepted, message="Simmer conversion after retry --skipped")
+    assert simmer.accepted[0].parsed["email"] == "jo@example.com"
+    [row] = proc.deliveries()
+    assert row["id"] == skipped["id"] and row["status"] == "delivered"
+    assert proc.cli("retry", "--skipped").stdout.strip() == "requeued 0 deliveries"
+
+
 def test_lookup_not_found_degrades_and_is_cached(paddle_api, tmp_path):
     import asyncio
 
@@ -323,7 +354,7 @@ def test_transient_lookup_failure_raises_and_is_not_cached(
 def test_lookup_timeout_and_connection_failure_raise(app, paddle_api, tmp_path, monkeypatch):
     from relay import enrich
     from relay.errors import EnrichmentUnavailable
-    from tests.emulators.base import free_port
+    from tests.emulators.base import reserve_port
 
     monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.3)
     customer = entity("customer.created")
@@ -339,8 +370,9 @@ def test_lookup_timeout_and_connection_failure_raise(app, paddle_api, tmp_path, 
     assert isinstance(timed_out, EnrichmentUnavailable) and "timed out" in str(timed_out)
     assert recovered.customer.email == "jo@example.com"
 
-    _, closed = _enrich_with(app, f"http://127.0.0.1:{free_port()}", tmp_path)
-    [refused] = _run(closed, lambda e: e(conv, "simmer"))
+    with reserve_port() as down:  # held, not listening: connections are refused
+        _, closed = _enrich_with(app, f"http://127.0.0.1:{down.getsockname()[1]}", tmp_path)
+        [refused] = _run(closed, lambda e: e(conv, "simmer"))
     assert isinstance(refused, EnrichmentUnavailable) and "ConnectError" in str(refused)
 
 

@@ -236,7 +236,7 @@ def test_enrichment_stripe_client_has_a_short_timeout(stripe_api, tmp_path, monk
     monkeypatch.setattr(enrich, "TIMEOUT_SECONDS", 0.5)
     session = checkout_event(event_id="evt_slow")["data"]["object"]
     stripe_api.line_items[session["id"]] = [line_item("price_A", "prod_A", "Pro plan", 3000, 1)]
-    stripe_api.delay = 3.0
+    stripe_api.delay = 6.0
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}",
                         stripe={"webhook_secrets": "whsec_x", "api_key": STRIPE_API_KEY,
                                 "api_base": stripe_api.url})
@@ -245,5 +245,5 @@ def test_enrichment_stripe_client_has_a_short_timeout(stripe_api, tmp_path, monk
     enricher = build_enricher(settings)
     started = time.monotonic()
     assert asyncio.run(enricher(conv, "impact")) == conv  # optional data: delivered without it
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 4.5  # relay's 0.5 s, with room for a loaded machine; not 6 s
     assert len(stripe_api.requests) == 1  # no SDK retries

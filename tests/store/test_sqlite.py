@@ -101,3 +101,26 @@ async def test_a_version_1_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_a_version_2_ledger_gets_the_destination_states_in_place(tmp_path: Path) -> None:
+    """Schema 3 (destinations disabled by a 410) is added to an existing ledger, rows kept."""
+    db = tmp_path / "relay.db"
+    store = SQLiteStore(f"sqlite:///{db}")
+    await store.open()
+    await store.record(EventRecord("stripe", "evt_v2", "t", time.time(), b"{}"), [conversion("ord_v2")], everywhere)
+    await store.close()
+    with sqlite3.connect(db) as conn:  # what a version 2 ledger looked like
+        conn.execute("DROP TABLE destination_states")
+        conn.execute("UPDATE schema_version SET version = 2")
+    store = SQLiteStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        assert await store.disabled_destinations() == {}
+        assert await store.disable_destination("webhook", "HTTP 410", "f1", 1000.0)
+        assert list(await store.disabled_destinations()) == ["webhook"]
+        assert len(await store.claim(["simmer", "impact"], 10, 30, time.time())) == 2  # old rows still work
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]

@@ -264,9 +264,10 @@ async def test_concurrent_claims_never_overlap(opener) -> None:
 @pytest.mark.postgres
 async def test_postgres_unavailable_raises_store_error() -> None:
     from relay.store.postgres import PostgresStore
-    from tests.emulators.base import free_port
+    from tests.emulators.base import reserve_port
 
-    store = PostgresStore(f"postgres://relay:s3cret-pw@127.0.0.1:{free_port()}/relay")
+    down = reserve_port()  # held, not listening: connections are refused
+    store = PostgresStore(f"postgres://relay:s3cret-pw@127.0.0.1:{down.getsockname()[1]}/relay")
     with pytest.raises(StoreError) as info:
         await store.open()
     assert "s3cret-pw" not in str(info.value)
@@ -274,6 +275,7 @@ async def test_postgres_unavailable_raises_store_error() -> None:
         await store.ping()
     with pytest.raises(StoreError):
         await store.claim(["simmer"], 1, 1, time.time())
+    down.close()
 
 
 @pytest.mark.postgres
@@ -582,3 +584,59 @@ async def test_a_429_blocks_the_shared_window_for_every_instance(opener) -> None
     wait = await b.rate_acquire("simmer", 50, now + 1)  # another worker asks for a slot
     assert 28 <= wait <= 30
     assert await b.rate_acquire("simmer", 50, now + 31) == 0.0  # free again afterwards
+
+
+# ------------------------------------------------------------------ disabled destinations (schema 3)
+
+
+async def test_a_destination_disabled_by_its_endpoint(opener) -> None:
+    a = await opener()
+    assert await a.disabled_destinations() == {}
+    assert await a.disable_destination("webhook", "HTTP 410: endpoint gone", "fp-1", 1_700_000_000.0)
+    # a second 410 (another worker, a delivery in flight) keeps the first time and reason
+    assert not await a.disable_destination("webhook", "HTTP 410: again", "fp-2", 1_700_000_100.0)
+    b = await opener()  # another process sees it
+    [state] = (await b.disabled_destinations()).values()
+    assert (state.destination, state.since, state.reason, state.fingerprint) == (
+        "webhook", 1_700_000_000.0, "HTTP 410: endpoint gone", "fp-1")
+    enabled = await b.enable_destination("webhook")
+    assert enabled is not None and enabled.since == 1_700_000_000.0
+    assert await a.disabled_destinations() == {}
+    assert await a.enable_destination("webhook") is None  # not disabled (any more)
+    assert await a.disable_destination("webhook", "HTTP 410: gone again", None, 1_700_000_200.0)
+    assert (await b.disabled_destinations())["webhook"].fingerprint is None
+
+
+async def test_disabling_changes_no_delivery(opener) -> None:
+    """Deliveries of a disabled destination keep their state: they wait, the worker skips them."""
+    store = await opener()
+    await store.record(event("e1"), [conversion("o1")], everywhere)
+    await store.disable_destination("simmer", "HTTP 410", None, time.time())
+    rows = {r.destination: r for r in await store.deliveries()}
+    assert rows["simmer"].status == PENDING and rows["impact"].status == PENDING
+    assert len(await store.claim(["simmer"], 10, 30, time.time())) == 1  # the worker decides, not claim
+
+
+@pytest.mark.postgres
+async def test_postgres_a_version_2_ledger_gets_the_destination_states_in_place(pg_url) -> None:  # noqa: F811
+    import psycopg
+
+    from relay.store.postgres import SCHEMA_VERSION, PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.record(event("e_v2"), [conversion("o_v2")], everywhere)
+    await store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what a version 2 ledger looked like
+        conn.execute("DROP TABLE destination_states")
+        conn.execute("UPDATE schema_version SET version = 2")
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        assert await store.disabled_destinations() == {}
+        assert await store.disable_destination("webhook", "HTTP 410", "f", 1.0)
+        assert len(await store.claim(["simmer", "impact"], 10, 30, time.time())) == 2
+    finally:
+        await store.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
