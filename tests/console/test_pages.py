@@ -310,7 +310,7 @@ def test_a_destination_its_endpoint_disabled_is_shown_and_enabled_again(
     assert card is not None and card.group(1) == "bad"
     words = text(card.group(2))
     assert "Disabled by its endpoint" in words and "HTTP 410: endpoint gone" in words
-    assert "Enable simmer again" in words
+    assert "Enable simmer again" in words and ">Disabled<" in card.group(2)
     done = console.client.post("/console/destinations/enable",
                                data={"csrf": console.csrf(), "destination": "simmer",
                                      "back": "/console/"})
