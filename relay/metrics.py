@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from relay.store import STATUSES
 
@@ -63,8 +63,31 @@ class Metrics:
         )
         oldest.add_metric([], stats["oldest_pending_age"])
         body = generate_latest(self.registry)
-        extra = _Once([depth, oldest])
+        extra = _Once([depth, oldest, *await _submission_families(store)])
         return body + generate_latest(extra)  # type: ignore[arg-type]
+
+
+async def _submission_families(store: Any) -> list[Any]:
+    """Queued submissions followed to their outcome (impact.com), from the ledger's
+    counters: how many are being followed, and the outcomes so far by ErrorType and the
+    first ErrorReason code."""
+    stats = await store.submission_stats()
+    following = GaugeMetricFamily(
+        "relay_submissions_following",
+        "Queued submissions (impact.com) whose outcome relay is still waiting for",
+        labels=["destination"],
+    )
+    for destination, count in sorted(stats["following"].items()):
+        following.add_metric([destination], count)
+    outcomes = CounterMetricFamily(
+        "relay_submission_outcomes",
+        "Outcomes of followed submissions: accepted, duplicate (the destination had it),"
+        " rejected (by ErrorType and first ErrorReason code), unresolved (no outcome in time)",
+        labels=["destination", "outcome", "error_type", "reason"],
+    )
+    for key, count in sorted(stats["outcomes"].items()):
+        outcomes.add_metric(list(key), count)
+    return [following, outcomes]
 
 
 class _Once:

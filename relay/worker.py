@@ -29,16 +29,19 @@ from typing import Any
 import httpx
 
 from relay.conversion import Conversion
+from relay.conversion import REFUND
 from relay.destinations import (
     DELIVERED,
     FAILED,
     RETRY,
+    Defer,
     Destination,
     Outcome,
     Skip,
     classify,
     redact,
 )
+from relay.followup import Follower
 from relay.errors import EnrichmentUnavailable, StoreError
 from relay.logs import short
 from relay.retry import RetryPolicy
@@ -47,7 +50,7 @@ from relay.store import DELIVERED as S_DELIVERED
 from relay.store import FAILED as S_FAILED
 from relay.store import PENDING as S_PENDING
 from relay.store import SKIPPED as S_SKIPPED
-from relay.store import Attempt, Claim, Settlement, Store
+from relay.store import Attempt, Claim, FollowUp, Settlement, Store
 
 log = logging.getLogger("relay.worker")
 
@@ -88,6 +91,10 @@ class Worker:
         self._concluding: dict[asyncio.Task[None], list[Claim]] = {}  # shielded settlements
         self._slot_free = asyncio.Event()
         self._paused_until: dict[str, float] = {}
+        # Queued answers (impact.com) followed to their outcome: relay/followup.py.
+        self.follower = Follower(
+            store, self.destinations, settings, transport=transport, on_rate_limited=self._pause
+        )
 
     # ------------------------------------------------------------ control
 
@@ -121,13 +128,17 @@ class Worker:
         await self.store.watch(self.wake)
         log.info("worker: delivering to %s", ", ".join(names))
         heartbeat = asyncio.create_task(self._heartbeat(), name="relay-lease-heartbeat")
+        following = asyncio.create_task(self.follower.run(), name="relay-follow-ups")
         try:
             await self._loop(names)
         finally:
+            await self.follower.stop()
             await self._drain()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(following, self.settings.lease_seconds)
             for clients in self._clients.values():
                 for client in clients:
                     await client.aclose()
@@ -337,7 +348,23 @@ class Worker:
                             _tag(claim),
                             type(exc).__name__,
                         )
-                built = dest.build(conv, now)
+                if conv.kind == REFUND and dest.reverses:  # a change of the purchase sent there
+                    target = await self.store.refund_target(claim.conversion_id, name)
+                    built = dest.build_refund(conv, target, claim.created_at, now)
+                else:
+                    built = dest.build(conv, now)
+                if isinstance(built, Defer):  # not yet, and no attempt spent
+                    await settle(
+                        claim,
+                        Settlement(
+                            S_PENDING,
+                            next_attempt_at=time.time() + built.seconds,
+                            error=built.reason,
+                            count_attempt=False,
+                            attempt=Attempt(started, 0.0, "deferred", None, built.reason),
+                        ),
+                    )
+                    continue
                 if isinstance(built, Skip):
                     status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
                     await settle(
@@ -472,6 +499,7 @@ class Worker:
                     pass  # a broken or cut-off body: the status still says what happened
                 finally:
                     await response.aclose()
+                self.follower.observe(name, response)  # its rate budget, for follow-ups
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(RETRY, f"connect: {_err(exc)}"), None, False
         except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
@@ -514,12 +542,18 @@ class Worker:
         attempt = Attempt(started, elapsed, label, code, outcome.detail)
         if outcome.kind == DELIVERED:
             settlement = Settlement(S_DELIVERED, status_code=code, attempt=attempt)
+            if dest.following():  # queued, not yet credited: follow it (same transaction)
+                uri, submitted = outcome.follow_up or (None, "conversion")
+                settlement.follow_up = FollowUp(
+                    uri, self.follower.first_look(claim.destination, time.time()), submitted
+                )
             if self.metrics is not None:
                 self.metrics.delivered(claim.destination, time.time() - claim.created_at)
         elif outcome.kind == RETRY and not (ambiguous and not dest.resend_ambiguous):
             if code == 429:
                 wait = min(outcome.retry_after or 1.0, self.settings.retry_after_max_seconds)
                 self._pause(claim.destination, wait)
+                await self.follower.hold(claim.destination, wait)  # the same budget
                 per_minute = dest.settings.rate_limit_per_minute
                 if per_minute:  # every other worker holds off too, through the shared window
                     with contextlib.suppress(Exception):
@@ -577,6 +611,8 @@ class Worker:
             )
         if settlement.status == S_DELIVERED:
             log.info("delivered %s status=%s ms=%.1f", tag, settlement.status_code, elapsed)
+            if settlement.follow_up is not None and settlement.follow_up.uri:
+                self.follower.wake()
         elif settlement.status == S_PENDING and settlement.count_attempt:
             log.warning(
                 "retry %s in %.0f s: %s",

@@ -37,10 +37,22 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Defer:
+    """Not now, and no attempt spent: try again in `seconds` (a refund waiting for its
+    purchase to be confirmed by the destination first)."""
+
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     kind: Literal["delivered", "retry", "failed"]
     detail: str = ""
     retry_after: float | None = None  # seconds, from the destination
+    # Accepted for processing only (impact.com's QueuedUri): (the submission to follow,
+    # what was submitted: conversion | modification | reversal).
+    follow_up: tuple[str, str] | None = None
 
 
 class Destination:
@@ -74,6 +86,28 @@ class Destination:
 
     def classify(self, response: httpx.Response) -> Outcome:
         return classify(response)
+
+    # A destination that answers "queued" (impact.com) and can be asked later how it went
+    # sets `follows` and implements the two below; relay/followup.py does the looking.
+    follows: ClassVar[bool] = False
+
+    def following(self) -> bool:
+        """Whether this destination's queued answers are followed now (its settings)."""
+        return self.follows
+
+    def submission_request(self, uri: str) -> httpx.Request:
+        """The request that looks at a followed submission."""
+        raise NotImplementedError
+
+    # A destination that turns refunds into changes of the purchase it was sent (impact's
+    # Actions API) sets `reverses`: the worker then calls `build_refund` with what the
+    # ledger knows about that purchase (store.refund_target) instead of `build`.
+    reverses: ClassVar[bool] = False
+
+    def build_refund(
+        self, refund: Conversion, target: Any, recorded_at: float, now: datetime
+    ) -> httpx.Request | Skip | Defer:
+        raise NotImplementedError
 
 
 RETRYABLE_4XX = frozenset({408, 425, 429})

@@ -1,4 +1,5 @@
--- relay ledger, SQLite flavour (schema version 3)
+-- relay ledger, SQLite flavour (schema version 3; the tables of version 4 are created by
+-- SQLiteStore._upgrade_submissions)
 -- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
 -- indexes on them are created there, after the columns exist.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
