@@ -86,13 +86,28 @@ class RateBudget:
     def block(self, until: float) -> None:
         self.blocked_until = max(self.blocked_until, until)
 
+    def _reserve(self) -> int:
+        return self.reserve if self.limit is None else min(self.reserve, self.limit // 10)
+
     def wait(self, now: float) -> float:
         """Seconds before follow-ups may spend this budget again (0: now)."""
         wait = self.blocked_until - now
-        reserve = self.reserve if self.limit is None else min(self.reserve, self.limit // 10)
-        if self.remaining is not None and self.remaining <= reserve and self.reset_at > now:
+        if self.remaining is not None and self.remaining <= self._reserve() and self.reset_at > now:
             wait = max(wait, self.reset_at - now)
         return max(0.0, wait)
+
+    def allowance(self, now: float, most: int) -> int:
+        """How many looks may go out now: what the last answer said remains, less the
+        reserve and the looks sent since (all of it once the reset has passed)."""
+        if self.blocked_until > now:
+            return 0
+        if self.remaining is None or self.reset_at <= now:
+            return most
+        return max(0, min(most, self.remaining - self._reserve()))
+
+    def spend(self) -> None:
+        if self.remaining is not None:
+            self.remaining -= 1
 
 
 class Follower:
@@ -127,7 +142,8 @@ class Follower:
 
     def first_look(self, name: str, now: float) -> float:
         """When a submission recorded now is first looked at."""
-        return now + self.destinations[name].settings.follow_up_seconds[0]
+        settings: Any = self.destinations[name].settings  # a destination that follows
+        return now + float(settings.follow_up_seconds[0])
 
     def observe(self, name: str, response: httpx.Response) -> None:
         """Every answer of a followed destination (conversion posts too) reports its budget."""
@@ -176,12 +192,14 @@ class Follower:
             self._wake.clear()
             now = time.time()
             ready = [n for n, b in self.budgets.items() if b.wait(now) <= 0]
+            claims: list[SubmissionClaim] = []
             try:
-                claims = (
-                    await self.store.claim_submissions(ready, LOOKS_AT_ONCE, s.lease_seconds, now)
-                    if ready
-                    else []
-                )
+                for name in ready:
+                    allowed = self.budgets[name].allowance(now, LOOKS_AT_ONCE)
+                    if allowed:
+                        claims += await self.store.claim_submissions(
+                            [name], allowed, s.lease_seconds, now
+                        )
             except Exception as exc:
                 log.warning("follow-ups: claim failed (%s); retrying", exc)
                 claims = []
@@ -223,6 +241,7 @@ class Follower:
         code: int | None = None
         try:
             request = dest.submission_request(claim.uri)
+            self.budgets[name].spend()
             async with asyncio.timeout(2 * dest.settings.timeout_seconds):
                 response = await self._clients[name].send(request)
             code = response.status_code

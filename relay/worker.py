@@ -28,8 +28,7 @@ from typing import Any
 
 import httpx
 
-from relay.conversion import Conversion
-from relay.conversion import REFUND
+from relay.conversion import REFUND, Conversion
 from relay.destinations import (
     DELIVERED,
     FAILED,
@@ -41,8 +40,8 @@ from relay.destinations import (
     classify,
     redact,
 )
-from relay.followup import Follower
 from relay.errors import EnrichmentUnavailable, StoreError
+from relay.followup import Follower
 from relay.logs import short
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings

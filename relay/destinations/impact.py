@@ -276,8 +276,11 @@ class Impact(Destination):
             )
         if not error_type and not error_reason:
             return Look(ACCEPTED_THERE, f"impact: {submitted} complete, no error")
-        what = {"conversion": "the conversion", "modification": "the reduction",
-                "reversal": "the reversal"}.get(submitted, "it")
+        what = {
+            "conversion": "the conversion",
+            "modification": "the reduction",
+            "reversal": "the reversal",
+        }.get(submitted, "it")
         meaning = REASONS.get(codes[0], "") if codes else ""
         text = f"impact rejected {what}: {error_type or 'error'}: {error_reason or '-'}"
         if meaning:
@@ -295,13 +298,14 @@ class Impact(Destination):
         s = self.settings
         purchase = target.purchase
         if target.link is None:
-            return Skip("the refund names nothing that matches a purchase (no payment or order reference)")
+            return Skip("the refund names nothing that matches a purchase (no payment reference)")
         if purchase is None:
             if time.time() - recorded_at < PURCHASE_GRACE_SECONDS:
-                return Defer(300, f"the purchase this refund is for ({target.link[:80]}) is not in the ledger yet")
+                return Defer(300, f"its purchase ({target.link[:80]}) is not in the ledger yet")
             return Skip(
                 f"no purchase in the ledger for this refund ({target.link[:80]}): it never reached"
-                " relay (or, for Stripe, it was a subscription's first payment, which refunds do not name)"
+                " relay (or, for Stripe, it was a subscription's first payment, which a refund"
+                " does not name)"
             )
         status = target.delivery_status
         if status is None:
@@ -321,8 +325,11 @@ class Impact(Destination):
         if total is None or total <= 0:
             return Skip("the purchase had no amount to reverse")
         refunded = sum(
-            (Decimal(r.total) for r in target.refunds
-             if r.total is not None and r.currency == purchase.currency),
+            (
+                Decimal(r.total)
+                for r in target.refunds
+                if r.total is not None and r.currency == purchase.currency
+            ),
             Decimal(0),
         )
         form: list[tuple[str, str]] = [
@@ -331,9 +338,13 @@ class Impact(Destination):
         ]
         url = f"{self._base()}/Advertisers/{path_segment(s.account_sid or '')}/Actions"
         if refunded >= total:
-            if any(r.submitted == "reversal" and r.delivery_status == "delivered"
-                   and r.confirmation != REJECTED_THERE for r in target.refunds):
-                return Skip("the action was reversed in full already (by another refund of this purchase)")
+            if any(
+                r.submitted == "reversal"
+                and r.delivery_status == "delivered"
+                and r.confirmation != REJECTED_THERE
+                for r in target.refunds
+            ):
+                return Skip("the action was reversed in full already, by another refund")
             form.append(("DispositionCode", s.refund_reason))
             method = "DELETE"
         else:

@@ -438,17 +438,16 @@ def reason_label(error_reason: str | None) -> str:
     code = first[0] if first else ""
     if not code:
         return ""
-    ok = len(code) <= 40 and all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_")
-                                  for ch in code)
+    ok = len(code) <= 40 and all(
+        ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_") for ch in code
+    )
     return code if ok else "OTHER"
 
 
 MEMORY_KINDS = frozenset({"subscription_renewed", "subscription_cancelled", "refund"})
 
 
-def remembered(
-    conversion: Conversion, memory: str, known: dict[str, str] | None
-) -> Conversion:
+def remembered(conversion: Conversion, memory: str, known: dict[str, str] | None) -> Conversion:
     """The conversion with the customer's remembered attribution ids, when it is a renewal,
     a cancellation or a refund whose own event carried none (`known`: the ids remembered
     for its source and customer key, or None). The store calls it inside `record`."""

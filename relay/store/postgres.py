@@ -50,12 +50,11 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
-
-import orjson
 
 from relay import refunds
 from relay.conversion import REFUND, REVENUE_KINDS, Conversion
@@ -169,16 +168,15 @@ _MEMORY_SQL = (
     " JOIN attribution_memory m USING (source, customer_key)"
 )
 # Remembered ids (sorted by key; one row per key per batch) and memories put to use.
+_REMEMBER_INSERT = (
+    "INSERT INTO attribution_memory (source, customer_key, attribution, created_at, updated_at)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::float8[], %b::float8[])"
+    " ON CONFLICT (source, customer_key) "
+)
 _REMEMBER_SQL = {
-    mode: "INSERT INTO attribution_memory (source, customer_key, attribution, created_at,"
-    " updated_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::float8[],"
-    " %b::float8[]) ON CONFLICT (source, customer_key) "
-    + (
-        "DO UPDATE SET attribution = excluded.attribution, updated_at = excluded.updated_at"
-        if mode == "last"
-        else "DO NOTHING"
-    )
-    for mode in ("first", "last")
+    "first": _REMEMBER_INSERT + "DO NOTHING",
+    "last": _REMEMBER_INSERT
+    + "DO UPDATE SET attribution = excluded.attribution, updated_at = excluded.updated_at",
 }
 _MEMORY_USED_SQL = (
     "UPDATE attribution_memory m SET used_at = t.at"
@@ -590,9 +588,7 @@ class PostgresStore(Store):
                         mkey2 = (conversion.source, ckey)
                         if "attribution_memory" in conversion.refs:
                             used[mkey2] = event.received_at
-                        elif conversion.attribution and (
-                            memory == "last" or mkey2 not in memories
-                        ):
+                        elif conversion.attribution and (memory == "last" or mkey2 not in memories):
                             memories[mkey2] = conversion.attribution
                             remember[mkey2] = (conversion.attribution, event.received_at)
                     if conversion.kind in REVENUE_KINDS and ckey:
@@ -791,8 +787,13 @@ class PostgresStore(Store):
                 elif conversion.attribution:
                     await conn.execute(
                         _REMEMBER_SQL["last" if memory == "last" else "first"],
-                        ([conversion.source], [ckey], [orjson.dumps(conversion.attribution)],
-                         [now], [now]),
+                        (
+                            [conversion.source],
+                            [ckey],
+                            [orjson.dumps(conversion.attribution)],
+                            [now],
+                            [now],
+                        ),
                     )
             result.conversions.append(conversion)
             rows.extend((inserted[0], d) for d in destinations_for(conversion))
@@ -1301,8 +1302,17 @@ class PostgresStore(Store):
                 " lease_until = NULL, lease_token = NULL, error_type = %s, error_reason = %s,"
                 " detail = %s, updated_at = %s"
                 " WHERE id = %s AND lease_token = %s AND state = 'following'",
-                (r.state, 1 if r.counted else 0, r.next_check_at, r.error_type, r.error_reason,
-                 r.detail[:1000], now, claim.id, claim.lease_token),
+                (
+                    r.state,
+                    1 if r.counted else 0,
+                    r.next_check_at,
+                    r.error_type,
+                    r.error_reason,
+                    r.detail[:1000],
+                    now,
+                    claim.id,
+                    claim.lease_token,
+                ),
             )
             if cur.rowcount == 0:
                 return False
@@ -1311,14 +1321,25 @@ class PostgresStore(Store):
                 await conn.execute(
                     "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
                     " status_code, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (claim.delivery_id, claim.attempt, a.started_at, a.duration_ms, a.outcome,
-                     a.status_code, a.detail[:1000]),
+                    (
+                        claim.delivery_id,
+                        claim.attempt,
+                        a.started_at,
+                        a.duration_ms,
+                        a.outcome,
+                        a.status_code,
+                        a.detail[:1000],
+                    ),
                 )
             if r.state != FOLLOWING:
                 await _count(conn, claim.destination, FOLLOWING, "", "", -1)
                 await _count(
-                    conn, claim.destination, r.state, r.error_type or "",
-                    reason_label(r.error_reason), 1,
+                    conn,
+                    claim.destination,
+                    r.state,
+                    r.error_type or "",
+                    reason_label(r.error_reason),
+                    1,
                 )
             if r.state == REJECTED_THERE and r.delivery_error:
                 await conn.execute(
@@ -1386,8 +1407,14 @@ class PostgresStore(Store):
             found = await cur.fetchone()
             if found is not None:
                 target.purchase = Conversion.from_json(bytes(found[0]))
-                (target.purchase_created_at, target.delivery_status, target.delivery_error,
-                 target.next_attempt_at, target.confirmation, target.next_check_at) = found[1:]
+                (
+                    target.purchase_created_at,
+                    target.delivery_status,
+                    target.delivery_error,
+                    target.next_attempt_at,
+                    target.confirmation,
+                    target.next_check_at,
+                ) = found[1:]
             cur = await conn.execute(
                 "SELECT c.id, c.data, d.status, s.kind, s.state FROM conversions c"
                 " LEFT JOIN deliveries d ON d.conversion_id = c.id AND d.destination = %s"
@@ -1502,8 +1529,17 @@ async def _follow(
         " started_at = excluded.started_at, next_check_at = excluded.next_check_at,"
         " lease_until = NULL, lease_token = NULL, error_type = NULL, error_reason = NULL,"
         " detail = excluded.detail, updated_at = excluded.updated_at",
-        (delivery_id, destination, f.uri, f.kind, FOLLOWING, now, f.next_check_at,
-         "queued; not looked at yet", now),
+        (
+            delivery_id,
+            destination,
+            f.uri,
+            f.kind,
+            FOLLOWING,
+            now,
+            f.next_check_at,
+            "queued; not looked at yet",
+            now,
+        ),
     )
     if not was_following:
         await _count(conn, destination, FOLLOWING, "", "", 1)

@@ -45,7 +45,6 @@ from relay.errors import StoreError
 from relay.store import (
     DELIVERED,
     FAILED,
-    FOLLOW_UP,
     FOLLOWING,
     PENDING,
     REJECTED_THERE,
@@ -733,7 +732,14 @@ def _remember(
             "INSERT INTO attribution_memory (source, customer_key, attribution, conversion_id,"
             " created_at, updated_at) VALUES (?,?,?,?,?,?)"
             f" ON CONFLICT (source, customer_key) {update}",
-            (conversion.source, ckey, orjson.dumps(conversion.attribution), conversion_id, now, now),
+            (
+                conversion.source,
+                ckey,
+                orjson.dumps(conversion.attribution),
+                conversion_id,
+                now,
+                now,
+            ),
         )
 
 
@@ -1145,8 +1151,17 @@ def _follow(
         " started_at = excluded.started_at, next_check_at = excluded.next_check_at,"
         " lease_until = NULL, lease_token = NULL, error_type = NULL, error_reason = NULL,"
         " detail = excluded.detail, updated_at = excluded.updated_at",
-        (delivery_id, destination, f.uri, f.kind, FOLLOWING, now, f.next_check_at,
-         "queued; not looked at yet", now),
+        (
+            delivery_id,
+            destination,
+            f.uri,
+            f.kind,
+            FOLLOWING,
+            now,
+            f.next_check_at,
+            "queued; not looked at yet",
+            now,
+        ),
     )
     if not was_following:
         _count(conn, destination, FOLLOWING, "", "", 1)
@@ -1183,7 +1198,15 @@ def _claim_submissions(
         order_key, attempts = found if found else ("", 0)
         claims.append(
             SubmissionClaim(
-                sub_id, delivery_id, destination, uri, kind, checks, started, token, order_key,
+                sub_id,
+                delivery_id,
+                destination,
+                uri,
+                kind,
+                checks,
+                started,
+                token,
+                order_key,
                 attempts,
             )
         )
@@ -1197,8 +1220,17 @@ def _settle_submission(
         "UPDATE submissions SET state = ?, checks = checks + ?, next_check_at = ?,"
         " lease_until = NULL, lease_token = NULL, error_type = ?, error_reason = ?, detail = ?,"
         " updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'following'",
-        (r.state, 1 if r.counted else 0, r.next_check_at, r.error_type, r.error_reason,
-         r.detail[:1000], now, claim.id, claim.lease_token),
+        (
+            r.state,
+            1 if r.counted else 0,
+            r.next_check_at,
+            r.error_type,
+            r.error_reason,
+            r.detail[:1000],
+            now,
+            claim.id,
+            claim.lease_token,
+        ),
     )
     if cur.rowcount == 0:
         return False
@@ -1207,12 +1239,21 @@ def _settle_submission(
         conn.execute(
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
             " status_code, detail) VALUES (?,?,?,?,?,?,?)",
-            (claim.delivery_id, claim.attempt, a.started_at, a.duration_ms, a.outcome,
-             a.status_code, a.detail[:1000]),
+            (
+                claim.delivery_id,
+                claim.attempt,
+                a.started_at,
+                a.duration_ms,
+                a.outcome,
+                a.status_code,
+                a.detail[:1000],
+            ),
         )
     if r.state != FOLLOWING:
         _count(conn, claim.destination, FOLLOWING, "", "", -1)
-        _count(conn, claim.destination, r.state, r.error_type or "", reason_label(r.error_reason), 1)
+        _count(
+            conn, claim.destination, r.state, r.error_type or "", reason_label(r.error_reason), 1
+        )
     if r.state == REJECTED_THERE and r.delivery_error:
         conn.execute(
             "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
@@ -1277,8 +1318,13 @@ def _refund_target(conn: sqlite3.Connection, conversion_id: int, destination: st
             (purchase[0], destination),
         ).fetchone()
         if found is not None:
-            (target.delivery_status, target.delivery_error, target.next_attempt_at,
-             target.confirmation, target.next_check_at) = found
+            (
+                target.delivery_status,
+                target.delivery_error,
+                target.next_attempt_at,
+                target.confirmation,
+                target.next_check_at,
+            ) = found
     for cid, data, status, kind, state in conn.execute(
         "SELECT c.id, c.data, d.status, s.kind, s.state FROM conversions c"
         " LEFT JOIN deliveries d ON d.conversion_id = c.id AND d.destination = ?"

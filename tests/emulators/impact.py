@@ -30,10 +30,11 @@ Beyond the conversion post (OpenAPI v14 Submissions and Actions, docs/impact.md)
   (an action that does not exist, is reversed already, or had 1,000 modifications is
   an error of the submission, as impact reports it later, not a 400). Codes the
   stand-in makes up for those errors are marked STAND_IN_….
-- `hourly_limit`: every request (conversions included) counts in a window of
-  `window_seconds`; every answer carries X-RateLimit-Limit/Remaining/Reset (the reset
-  as a UTC epoch second, as in impact's examples) and the one past the limit is a 429
-  with them and no Retry-After.
+- `hourly_limit`: every request (conversions included) counts in a fixed window of
+  `window_seconds` that starts with its first request and resets whole at its end;
+  every answer carries X-RateLimit-Limit/Remaining/Reset (the reset as a UTC epoch
+  second, as in impact's examples) and one past the limit is a 429 with them and no
+  Retry-After.
 - Two looks at one submission at the same time are recorded in `overlaps`.
 """
 
@@ -126,7 +127,8 @@ class ImpactEmulator(Emulator):
         self.look_delay = 0.0
         self.hourly_limit: int | None = None
         self.window_seconds = 3600.0
-        self._budget: deque[float] = deque()
+        self._window_start = 0.0
+        self._used = 0
         self._looking: set[str] = set()
         self._api_lock = threading.Lock()
         self._api_faults: deque[tuple[int, dict[str, str]]] = deque()
@@ -293,10 +295,10 @@ class ImpactEmulator(Emulator):
             return None
         now = time.time()
         with self._api_lock:
-            while self._budget and self._budget[0] <= now - self.window_seconds:
-                self._budget.popleft()
-            if len(self._budget) < self.hourly_limit:
-                self._budget.append(now)
+            if now >= self._window_start + self.window_seconds:
+                self._window_start, self._used = now, 0
+            if self._used < self.hourly_limit:
+                self._used += 1
                 return None
         return JSONResponse({"Status": "ERROR", "Message": "Too Many Requests"}, status_code=429,
                             headers=self._budget_headers())
@@ -304,12 +306,11 @@ class ImpactEmulator(Emulator):
     def _budget_headers(self) -> dict[str, str]:
         if self.hourly_limit is None:
             return {}
-        now = time.time()
         with self._api_lock:
-            used = sum(1 for t in self._budget if t > now - self.window_seconds)
-            reset = (self._budget[0] + self.window_seconds) if self._budget else now
+            remaining = max(0, self.hourly_limit - self._used)
+            reset = self._window_start + self.window_seconds
         return {"X-RateLimit-Limit": str(self.hourly_limit),
-                "X-RateLimit-Remaining": str(max(0, self.hourly_limit - used)),
+                "X-RateLimit-Remaining": str(remaining),
                 "X-RateLimit-Reset": str(int(reset) + 1)}
 
     async def _api(self, request: Request) -> Response:
