@@ -29,13 +29,15 @@ from starlette.routing import Route
 from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
 from relay.errors import AuthError, PayloadError, SignatureError, StoreError
-from relay.intake import DUPLICATE, IGNORED, QUARANTINED, Intake
+from relay.intake import DUPLICATE, FETCHING, IGNORED, QUARANTINED, Intake
 from relay.limits import BodyBudget
 from relay.logs import short
 from relay.metrics import Metrics
+from relay.reconcile import Reconciler
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
 from relay.store import Store, open_store
+from relay.thin import ThinEvents
 from relay.throttle import Throttle
 from relay.worker import Worker
 
@@ -83,6 +85,7 @@ class Relay:
     intake: Intake = field(init=False)
     budget: BodyBudget = field(init=False)
     throttles: dict[str, Throttle] = field(init=False)
+    thin: ThinEvents | None = None  # the worker's thin-event fetcher, when it runs here
 
     def __post_init__(self) -> None:
         self.intake = Intake(self.settings, self.store, self.sources, self.destinations)
@@ -110,6 +113,9 @@ def create_app(
         await relay.store.open()
         task = None
         enricher = None
+        reconciler: Reconciler | None = None
+        reconciling = None
+        fetching = None
         if run_worker:
             options = dict(worker_options or {})
             if "enrich" not in options:
@@ -122,6 +128,15 @@ def create_app(
                 **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")
+            reconciler = Reconciler(
+                settings, relay.store, relay.destinations, wake=relay.worker.wake
+            )
+            if reconciler.enabled:  # the worker process also re-reads the processors' APIs
+                reconciling = asyncio.create_task(reconciler.run(), name="relay-reconcile")
+            thin = ThinEvents(settings, relay.store, relay.destinations, wake=relay.worker.wake)
+            if thin.enabled:  # …and fetches the objects Stripe thin events name
+                relay.thin = thin
+                fetching = asyncio.create_task(thin.run(), name="relay-thin-events")
         log.info(
             "relay ready: store=%s sources=%s destinations=%s worker=%s",
             relay.store.url.split("://", 1)[0],
@@ -132,6 +147,14 @@ def create_app(
         try:
             yield
         finally:
+            if relay.thin is not None and fetching is not None:
+                await relay.thin.stop()
+                with contextlib.suppress(Exception):
+                    await fetching
+            if reconciler is not None and reconciling is not None:
+                await reconciler.stop()
+                with contextlib.suppress(Exception):
+                    await reconciling
             if relay.worker is not None and task is not None:
                 await relay.worker.stop()
                 with contextlib.suppress(Exception):
@@ -305,6 +328,14 @@ async def receive(relay: Relay, request: Request) -> Response:
     if result.status == IGNORED:
         log.info("webhook %s ignored: %s", tag, result.reason)
         return answer("ignored", {"status": "ignored", "reason": result.reason})
+    if result.status == FETCHING:  # a Stripe thin event: the worker fetches its object
+        log.info("webhook %s stored: %s", tag, result.reason)
+        if relay.thin is not None:
+            relay.thin.wake()
+        return answer(
+            "fetching",
+            {"status": "fetching", "event_id": parsed.event_id, "reason": result.reason},
+        )
     if result.status == QUARANTINED:
         # Stored, answered 200 so the processor stops retrying a body that will not
         # parse (Stripe would disable the endpoint); `relay replay` reads it again later.

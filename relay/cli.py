@@ -114,17 +114,18 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser(
         "backfill",
-        help="plan deliveries to a destination added after the fact",
-        description="--destination D: plan a delivery to D for every conversion recorded"
-        " since T that D has none for, within D's rules (the kinds it takes, its age window).",
+        help="record what a processor's API has and the ledger lacks; or plan deliveries "
+        "to a destination added after the fact",
+        description=BACKFILL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", nargs="?", help="a processor to read missed events from")
-    p.add_argument("--destination", help="plan deliveries to this destination")
-    p.add_argument("--since", help="recorded since: ISO 8601 or 48h / 7d (default: D's own window)")
-    p.add_argument("--until", help="recorded before this time")
     p.add_argument(
-        "--dry-run", action="store_true", help="plan nothing; print the count and a sample"
+        "source", nargs="?", help="stripe, paddle, lemonsqueezy or chargebee: read its API"
     )
+    p.add_argument("--destination", help="plan deliveries to this destination instead")
+    p.add_argument("--since", metavar="T", help="from T: 2026-11-30, 2026-11-30T08:00:00Z, 48h, 7d")
+    p.add_argument("--until", metavar="T", help="up to T (default: now)")
+    p.add_argument("--dry-run", action="store_true", help="record nothing; say what would be")
 
     p = sub.add_parser(
         "resend", help="send delivered deliveries again, with the same idempotency key"
@@ -197,20 +198,29 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.destinations import build_destinations
     from relay.enrich import build_enricher
     from relay.metrics import Metrics
+    from relay.reconcile import Reconciler
+    from relay.thin import ThinEvents
     from relay.worker import Worker
 
     async def run() -> None:
         store = open_store(settings.store_url)
         await store.open()
         enricher = build_enricher(settings)
-        w = Worker(
-            store, build_destinations(settings), settings.worker, metrics=Metrics(), enrich=enricher
-        )
+        destinations = build_destinations(settings)
+        w = Worker(store, destinations, settings.worker, metrics=Metrics(), enrich=enricher)
+        reconciler = Reconciler(settings, store, destinations, wake=w.wake)
+        thin = ThinEvents(settings, store, destinations, wake=w.wake)
+
+        async def stop() -> None:
+            await reconciler.stop()
+            await thin.stop()
+            await w.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.stop()))
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(stop()))
         try:
-            await w.run()
+            await asyncio.gather(w.run(), reconciler.run(), thin.run())
         finally:
             if enricher is not None:
                 await enricher.aclose()
@@ -521,16 +531,20 @@ def replay(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def backfill(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill <source>` or `relay backfill --destination D`."""
+    if args.source and args.destination:
+        raise ConfigError("give either a source or --destination D, not both")
+    if args.destination:
+        backfill_destination(settings, args)
+    else:
+        backfill_source(settings, args)
+
+
+def backfill_destination(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill --destination D`: deliveries for conversions D has none for."""
     from relay import redeliver
     from relay.destinations import build_destinations
 
-    if args.destination is None:
-        raise ConfigError(
-            "give --destination D; backfilling from a processor API"
-            f"{f' ({args.source})' if args.source else ''} is not part of this relay yet"
-        )
-    if args.source:
-        raise ConfigError("give either a source or --destination D, not both")
     destinations = build_destinations(settings)
     dest = destinations.get(args.destination)
     if dest is None:
@@ -592,6 +606,115 @@ def resend(settings: Settings, args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+BACKFILL_HELP = """\
+relay backfill <source> --since T [--until T] [--dry-run]
+relay backfill --destination D [--since T] [--until T] [--dry-run]
+
+Reads the processor's API for the period and records every conversion the ledger does
+not have yet, exactly as if its webhook had arrived: the same event ids and order keys,
+so a webhook that arrives later is a duplicate, and so is an event the webhook already
+brought. Run it after relay was down, misconfigured or unreachable; the worker's reconcile
+(RELAY_<SOURCE>__RECONCILE_INTERVAL_SECONDS) does the same by itself.
+
+  stripe        Events API (RELAY_STRIPE__API_KEY); Stripe keeps 30 days of events
+  paddle        Events API (RELAY_PADDLE__API_KEY); Paddle keeps 90 days
+  lemonsqueezy  orders, subscriptions, subscription invoices (RELAY_LEMONSQUEEZY__API_KEY);
+                the API has no custom_data, so these conversions carry no attribution ids
+  chargebee     Events API (RELAY_CHARGEBEE__SITE, RELAY_CHARGEBEE__API_KEY)
+
+It prints one line per event found and a summary (new conversions, already recorded,
+ignored). Each event is recorded on its own: an interrupted run is resumed by running the
+same command again. An API error stops it with a message and exit status 1.
+
+With --destination D instead of a source, it plans a delivery to D for every conversion
+recorded since T that D has none for (a destination added after the fact), within D's own
+rules (the kinds it takes, its age window: Simmer's 7 days, the default --since).
+
+T is an ISO 8601 date or time (UTC when it has no offset) or a span back from now:
+90m, 48h, 7d, 2w.
+"""
+
+
+def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
+    """`relay backfill <source>`: the processor's API for a period, as if its webhooks came."""
+    from relay.backfill import Report, run
+    from relay.destinations import build_destinations
+    from relay.errors import ProcessorAPIError
+    from relay.intake import Intake
+    from relay.processors import PROCESSORS, open_processor
+    from relay.sources import source_for
+    from relay.when import parse_time
+
+    if not args.source:
+        raise ConfigError("give a source (stripe, paddle, lemonsqueezy, chargebee) and --since")
+    if args.source not in PROCESSORS:
+        raise ConfigError(
+            f"unknown source {args.source[:40]!r}: one of stripe, paddle, lemonsqueezy, chargebee"
+        )
+    if not args.since:
+        raise ConfigError("--since is required: e.g. --since 48h or --since 2026-11-30")
+    now = time.time()
+    try:
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now) if args.until else now
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if since >= until:
+        raise ConfigError("--since must be before --until (and before now)")
+    processor = open_processor(args.source, settings)
+    notes = []
+    if processor.history_seconds is not None and since < now - processor.history_seconds:
+        oldest = now - processor.history_seconds
+        notes.append(
+            f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days "
+            f"of events: reading from {_stamp(oldest)}, not {_stamp(since)}"
+        )
+        since = oldest
+    notes.extend(processor.notes)
+    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=list(notes))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    async def go() -> None:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            intake = Intake(
+                settings,
+                store,
+                {args.source: source_for(settings, args.source)},
+                build_destinations(settings),
+            )
+            await run(
+                intake,
+                processor,
+                report.since,
+                report.until,
+                dry_run=args.dry_run,
+                on_line=lambda line: print(line.text(), flush=False),
+                report=report,
+            )
+        finally:
+            await processor.aclose()
+            await store.close()
+
+    try:
+        asyncio.run(go())
+    except ProcessorAPIError as exc:
+        print(report.summary(), flush=True)
+        print(
+            f"relay: backfill {args.source} stopped: {exc}. What was found before it is "
+            "recorded; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(report.summary(), flush=True)
+        print("relay: backfill interrupted; run it again to resume", file=sys.stderr)
+        sys.exit(130)
+    print(report.summary())
 
 
 COMMANDS = {

@@ -14,9 +14,12 @@ conversion fanned out to several destinations costs one API call.
   briefly, and the conversion goes out without the email.
 - Stripe (`RELAY_STRIPE__API_KEY`): Checkout webhooks carry no line items and
   only the promotion-code *id*; `GET /v1/checkout/sessions/{id}/line_items`
-  and `GET /v1/promotion_codes/{id}` (through the `stripe` package, with a
-  10 s timeout and no SDK retries) fill them in. That data is optional: any
+  and `GET /v1/promotion_codes/{id}` fill them in. That data is optional: any
   failure is logged and cached briefly, and the conversion goes out without it.
+
+Both go through the processor API clients of relay/processors/ (auth, base URL,
+error texts, Retry-After parsing shared with backfill), with a 10 s timeout and no
+retries of their own: the worker's retry schedule is the retry.
 """
 
 from __future__ import annotations
@@ -32,20 +35,18 @@ from typing import Any
 import httpx
 
 from relay.conversion import PURCHASE, Conversion, Item
-from relay.destinations import path_segment
-from relay.errors import EnrichmentUnavailable
+from relay.errors import EnrichmentUnavailable, ProcessorAPIError
 from relay.logs import short
-from relay.retry import parse_retry_after
+from relay.processors.paddle import PaddleAPI
+from relay.processors.stripe import StripeAPI
 from relay.settings import Settings
 
 log = logging.getLogger("relay.enrich")
 
 TTL_SECONDS = 3600.0
 FAILURE_TTL_SECONDS = 30.0
-TIMEOUT_SECONDS = 10.0  # each Paddle request; each Stripe request (the SDK default is 80 s)
-STRIPE_MAX_NETWORK_RETRIES = 0  # the worker's own retry schedule is the retry
+TIMEOUT_SECONDS = 10.0  # each Paddle request; each Stripe request
 MAX_CACHE = 10_000
-TRANSIENT_STATUSES = frozenset({408, 425, 429})  # and every 5xx
 STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")  # what Stripe's object ids are made of
 
 
@@ -91,8 +92,8 @@ class Enricher:
         )
         self.stripe_base = stripe_settings.api_base.rstrip("/")
         self._transport = transport
-        self._http: httpx.AsyncClient | None = None
-        self._stripe: Any = None
+        self._paddle_api: PaddleAPI | None = None
+        self._stripe_api: StripeAPI | None = None
         self._cache = _Cache()
 
     @property
@@ -115,20 +116,24 @@ class Enricher:
         return conversion
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        for client in (self._paddle_api, self._stripe_api):
+            if client is not None:
+                await client.aclose()
+        self._paddle_api = self._stripe_api = None
 
     # ------------------------------------------------------------ Paddle
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(TIMEOUT_SECONDS),
+    def _paddle_client(self) -> PaddleAPI:
+        if self._paddle_api is None:
+            self._paddle_api = PaddleAPI(
+                self.paddle_key or "",
+                self.paddle_base,
                 transport=self._transport,
-                follow_redirects=False,
+                timeout=TIMEOUT_SECONDS,
+                retries=0,
+                pace=False,
             )
-        return self._http
+        return self._paddle_api
 
     async def _paddle(self, conversion: Conversion) -> Conversion:
         customer_id = conversion.customer.id
@@ -137,42 +142,22 @@ class Enricher:
 
         async def load() -> dict[str, Any] | None:
             try:
-                response = await self._client().get(
-                    f"{self.paddle_base}/customers/{path_segment(customer_id)}",
-                    headers={
-                        "Authorization": f"Bearer {self.paddle_key}",
-                        "Accept": "application/json",
-                    },
-                )
-            except httpx.TimeoutException:
-                raise EnrichmentUnavailable("Paddle GET /customers timed out") from None
-            except httpx.TransportError as exc:
-                raise EnrichmentUnavailable(
-                    f"Paddle GET /customers failed ({type(exc).__name__})"
-                ) from None
-            status = response.status_code
-            if status in TRANSIENT_STATUSES or status >= 500:
-                raise EnrichmentUnavailable(
-                    f"Paddle GET /customers answered {status}",
-                    retry_after=parse_retry_after(response.headers.get("retry-after")),
-                )
-            if status == 200:
-                try:
-                    data = response.json().get("data")
-                except (ValueError, AttributeError):
-                    data = None
-                if isinstance(data, dict):
-                    return data
+                return await self._paddle_client().customer(customer_id)
+            except ProcessorAPIError as exc:
+                if exc.transient:  # may pass: retry the delivery rather than lose the email
+                    raise EnrichmentUnavailable(str(exc), retry_after=exc.retry_after) from None
+                status, code = exc.status, exc.code or "no error code"
+            if status is None:
                 why = "answered 200 without a customer object"
             elif status in (401, 403):
                 why = (
-                    f"answered {status} ({_error_code(response)}): the API key was refused; "
+                    f"answered {status} ({code}): the API key was refused; "
                     "check RELAY_PADDLE__API_KEY"
                 )
             elif status == 404:
-                why = f"answered 404 ({_error_code(response)}): customer not found"
+                why = f"answered 404 ({code}): customer not found"
             else:
-                why = f"answered {status} ({_error_code(response)})"
+                why = f"answered {status} ({code})"
             log.warning(
                 "enrich source=paddle order=%s customer=%s: GET /customers %s; "
                 "delivering without the email",
@@ -197,17 +182,17 @@ class Enricher:
 
     # ------------------------------------------------------------ Stripe
 
-    def _stripe_client(self) -> Any:
-        if self._stripe is None:
-            import stripe
-
-            self._stripe = stripe.StripeClient(
+    def _stripe_client(self) -> StripeAPI:
+        if self._stripe_api is None:
+            self._stripe_api = StripeAPI(
                 self.stripe_key or "",
-                base_addresses={"api": self.stripe_base},
-                max_network_retries=STRIPE_MAX_NETWORK_RETRIES,
-                http_client=stripe.new_default_http_client(timeout=TIMEOUT_SECONDS),
+                self.stripe_base,
+                transport=self._transport,
+                timeout=TIMEOUT_SECONDS,
+                retries=0,
+                pace=False,
             )
-        return self._stripe
+        return self._stripe_api
 
     async def _stripe_checkout(self, conversion: Conversion) -> Conversion:
         if conversion.kind != PURCHASE or not conversion.order_key.startswith("cs_"):
@@ -236,20 +221,18 @@ class Enricher:
         return conversion.replace(**changes) if changes else conversion
 
     async def _optional(self, conversion: Conversion, fetch: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking Stripe look-up in a thread; a failure is logged and gives None."""
+        """Run an optional Stripe look-up; a failure is logged and gives None."""
         try:
-            return await asyncio.to_thread(fetch, *args)
+            return await fetch(*args)
         except Exception as exc:
             _degraded(conversion, exc)
             return None
 
-    def _line_items(self, session_id: str, currency: str | None) -> tuple[Item, ...]:
+    async def _line_items(self, session_id: str, currency: str | None) -> tuple[Item, ...]:
         from relay import money
 
-        client = self._stripe_client()
-        page = client.v1.checkout.sessions.line_items.list(session_id, {"limit": 100})
         items = []
-        for row in page.to_dict().get("data") or ():
+        for row in await self._stripe_client().line_items(session_id):
             price = row.get("price") or {}
             product = price.get("product")
             quantity = row.get("quantity")
@@ -272,8 +255,8 @@ class Enricher:
             )
         return tuple(items)
 
-    def _promotion_code(self, promo_id: str) -> str | None:
-        promo = self._stripe_client().v1.promotion_codes.retrieve(promo_id).to_dict()
+    async def _promotion_code(self, promo_id: str) -> str | None:
+        promo = await self._stripe_client().promotion_code(promo_id)
         code = promo.get("code")
         return code if isinstance(code, str) and code else None
 
@@ -287,18 +270,11 @@ def _degraded(conversion: Conversion, exc: Exception) -> None:
     )
 
 
-def _error_code(response: httpx.Response) -> str:
-    """Paddle's `error.code` ("entity_not_found", "forbidden"…), or "no error code"."""
-    try:
-        code = response.json()["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return "no error code"
-    return str(code)[:64] if isinstance(code, str) else "no error code"
-
-
 def _describe(exc: Exception) -> str:
     """The error class and a short message: never the key, never customer data."""
     name = type(exc).__name__
+    if isinstance(exc, ProcessorAPIError):
+        return str(exc)[:200]
     if isinstance(exc, LookupError):
         return f"{name}: {exc}"[:200]
     if isinstance(exc, httpx.TimeoutException):

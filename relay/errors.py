@@ -7,9 +7,12 @@
     │   │                (stored, answered 200 "quarantined", never delivered)
     │   └── NotJSONObject  the verified body is not a JSON object at all: 400, nothing stored
     ├── StoreError       the ledger cannot be read or written: 503, the processor retries
-    └── EnrichmentUnavailable  a processor API look-up failed in a way that may pass
-                         (transport error, timeout, 429, 5xx): the worker retries the
-                         delivery later instead of sending it without the data
+    ├── EnrichmentUnavailable  a processor API look-up failed in a way that may pass
+    │                    (transport error, timeout, 429, 5xx): the worker retries the
+    │                    delivery later instead of sending it without the data
+    └── ProcessorAPIError  a processor API (relay/processors/) refused a request, kept
+                         failing after its retries, or answered a page relay cannot read:
+                         `relay backfill` exits non-zero, reconcile keeps its mark
 
 Messages never contain a secret, an email address or a full payload.
 """
@@ -66,4 +69,27 @@ class EnrichmentUnavailable(RelayError):
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProcessorAPIError(RelayError):
+    """A processor API call failed; the message names the API's error or the variable to fix.
+
+    `transient` is True when trying again later may pass (transport error, timeout, 429,
+    5xx after the client's own retries); `retry_after` is the API's Retry-After then.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code  # the API's own error code ("invalid_token", "rate_limit"…)
+        self.transient = transient
         self.retry_after = retry_after

@@ -30,6 +30,7 @@ from relay.errors import NotJSONObject, PayloadError
 from relay.sources import UNREADABLE, ParsedEvent, Source
 from relay.store import (
     ACCEPTED,
+    FETCHING,
     IGNORED,
     QUARANTINED,
     EventRecord,
@@ -41,7 +42,16 @@ from relay.store import (
 DUPLICATE = "duplicate"
 SYNTHETIC = "sha256:"  # the prefix of an event id derived from the body
 
-__all__ = ["ACCEPTED", "DUPLICATE", "IGNORED", "QUARANTINED", "Intake", "Replayed", "Result"]
+__all__ = [
+    "ACCEPTED",
+    "DUPLICATE",
+    "FETCHING",
+    "IGNORED",
+    "QUARANTINED",
+    "Intake",
+    "Replayed",
+    "Result",
+]
 
 
 def synthetic_id(body: bytes) -> str:
@@ -147,7 +157,7 @@ class Intake:
                 parsed.conversions = [
                     c.replace(livemode=False) if c.livemode else c for c in parsed.conversions
                 ]
-        if reason is None and not parsed.conversions:
+        if reason is None and not parsed.conversions and parsed.fetch is None:
             reason = "event carries no conversion"
         return reason
 
@@ -168,9 +178,29 @@ class Intake:
         reason = self.decide(source, parsed)
         if reason is not None:
             return Reading(IGNORED, parsed, reason)
+        if parsed.fetch is not None:  # a thin event: the worker fetches its object
+            return self._fetching(source, parsed)
         keys = self.settings.attribution
         conversions = [attribution.attach(c, keys) for c in parsed.conversions]
         return Reading(ACCEPTED, parsed, conversions=conversions)
+
+    def _fetching(self, source: str, parsed: ParsedEvent) -> Reading:
+        """Stored as `fetching` for the worker (relay/thin.py), or quarantined with the
+        variable to set when there is no API key to fetch with (`relay replay` once set)."""
+        from relay.settings import env_name
+
+        fetch = parsed.fetch
+        assert fetch is not None
+        what = f"{fetch.object_type} {fetch.object_id[:80]}"
+        missing = getattr(self.settings, source).api_missing()
+        if missing:
+            return Reading(
+                QUARANTINED,
+                parsed,
+                f"thin event: its {what} is fetched with {env_name(source, missing[0])}, "
+                "which is not set; set it, then run relay replay",
+            )
+        return Reading(FETCHING, parsed, f"thin event: the worker fetches {what}")
 
     async def accept(self, source: str, body: bytes, received_at: float) -> Result:
         """Store the event with its status (one group-committed `record` call) and, when

@@ -63,7 +63,14 @@ class Metrics:
         )
         oldest.add_metric([], stats["oldest_pending_age"])
         body = generate_latest(self.registry)
-        extra = _Once([depth, oldest, *await _submission_families(store)])
+        extra = _Once(
+            [
+                depth,
+                oldest,
+                *reconcile_families(await store.reconcile_states()),
+                *await _submission_families(store),
+            ]
+        )
         return body + generate_latest(extra)  # type: ignore[arg-type]
 
 
@@ -96,3 +103,36 @@ class _Once:
 
     def collect(self) -> Any:
         return iter(self._families)
+
+
+def reconcile_families(states: list[Any]) -> list[Any]:
+    """relay_reconcile_*: each reconciled source's state as the ledger holds it (so every
+    process shows the same figures, whichever one reconciles)."""
+    success = GaugeMetricFamily(
+        "relay_reconcile_last_success_timestamp_seconds",
+        "When the source's last successful reconcile ended (Unix time)",
+        labels=["source"],
+    )
+    mark = GaugeMetricFamily(
+        "relay_reconcile_mark_timestamp_seconds",
+        "The reconcile high-water mark: everything before it was read from the API",
+        labels=["source"],
+    )
+    failing = GaugeMetricFamily(
+        "relay_reconcile_failing", "1 when the source's last reconcile failed", labels=["source"]
+    )
+    runs = CounterMetricFamily(
+        "relay_reconcile_runs", "Successful reconcile runs", labels=["source"]
+    )
+    errors = CounterMetricFamily(
+        "relay_reconcile_errors", "Failed reconcile runs", labels=["source"]
+    )
+    for state in states:
+        if state.last_success_at is not None:
+            success.add_metric([state.source], state.last_success_at)
+        if state.mark is not None:
+            mark.add_metric([state.source], state.mark)
+        failing.add_metric([state.source], 1.0 if state.failing else 0.0)
+        runs.add_metric([state.source], state.runs)
+        errors.add_metric([state.source], state.failures)
+    return [success, mark, failing, runs, errors]

@@ -69,7 +69,25 @@ def _is_set(value: Any) -> bool:
 # ---------------------------------------------------------------- sources
 
 
-class StripeSettings(_Section):
+class SourceSettings(_Section):
+    """What every source takes besides its webhook secrets: reconcile from the processor's API
+    (relay/reconcile.py). With an interval > 0 the worker re-reads the processor's API for
+    [last run − overlap, now − delay] every interval: the delay leaves webhooks still being
+    retried their chance to arrive first (they carry more than the API, e.g. Lemon Squeezy's
+    custom_data), the overlap catches events the API listed late."""
+
+    reconcile_interval_seconds: float = Field(0, ge=0, le=7 * 86400)  # 0 = off
+    reconcile_overlap_seconds: float = Field(600, ge=0, le=7 * 86400)
+    reconcile_delay_seconds: float = Field(300, ge=0, le=86400)
+
+    # The settings the processor's API client needs (env names relative to the section).
+    api_required: ClassVar[tuple[str, ...]] = ("api_key",)
+
+    def api_missing(self) -> list[str]:
+        return [f for f in self.api_required if not _is_set(getattr(self, f))]
+
+
+class StripeSettings(SourceSettings):
     required: ClassVar = ("webhook_secrets",)
     webhook_secrets: SecretCSV = []
     api_key: SecretStr | None = None
@@ -95,15 +113,18 @@ class StripeSettings(_Section):
         return value
 
 
-class LemonSqueezySettings(_Section):
+class LemonSqueezySettings(SourceSettings):
     required: ClassVar = ("signing_secret",)
     signing_secret: SecretCSV = []  # several allowed while rotating
+    api_key: SecretStr | None = None  # backfill and reconcile (no events API: orders etc.)
+    api_base: str = "https://api.lemonsqueezy.com"
+    store_id: int | None = Field(None, ge=1)  # only this store's objects (a key may see several)
     sandbox: bool = False
 
     _csv = field_validator("signing_secret", mode="before")(_split_csv)
 
 
-class PaddleSettings(_Section):
+class PaddleSettings(SourceSettings):
     required: ClassVar = ("webhook_secrets",)
     webhook_secrets: SecretCSV = []
     api_key: SecretStr | None = None
@@ -114,14 +135,28 @@ class PaddleSettings(_Section):
     _csv = field_validator("webhook_secrets", mode="before")(_split_csv)
 
 
-class ChargebeeSettings(_Section):
+class ChargebeeSettings(SourceSettings):
     required: ClassVar = ("username", "password")
+    api_required: ClassVar = ("site", "api_key")
     username: str | None = None
     password: SecretStr | None = None
+    # Backfill and reconcile (Events API): the site name (`acme` in acme.chargebee.com,
+    # `acme-test` for a test site) and an API key; api_base defaults to https://{site}.chargebee.com.
+    site: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    api_key: SecretStr | None = None
+    api_base: str | None = None
     sandbox: bool = False
     # Wrong Basic credentials in a row from one client address before it is answered
     # 429 for a while (1 s, doubling per further failure, at most 60 s at a time).
     max_auth_failures: int = Field(5, ge=1, le=1000)
+
+    @property
+    def api_url(self) -> str:
+        return self.api_base or f"https://{self.site}.chargebee.com"
+
+    def api_missing(self) -> list[str]:
+        missing = super().api_missing()
+        return [f for f in missing if not (f == "site" and self.api_base)]
 
 
 # ---------------------------------------------------------------- destinations
@@ -721,6 +756,14 @@ def value_problems(
         value = getattr(settings, name)
         if isinstance(value, _Section):
             yield from _missing(name, value, invalid, where)
+        if isinstance(value, SourceSettings) and value.reconcile_interval_seconds > 0:
+            for field in value.api_missing():
+                yield (
+                    (name, field),
+                    f"{env_name(name, field)} is required when "
+                    f"{where(name, 'reconcile_interval_seconds')} is set: reconcile reads "
+                    "the processor's API",
+                )
         if isinstance(value, BaseModel):
             for key, item in value:
                 if (name, key) not in invalid:

@@ -212,7 +212,8 @@ def test_backfill_to_a_destination_added_after_the_fact(tmp_path, relay_factory,
     assert no_window.returncode != 0 and "give --since" in no_window.stderr
     assert "planned 0 deliveries to impact" in relay.cli(
         "backfill", "--destination", "impact", "--since", "1d").stdout
-    for args, words in ((["backfill", "stripe", "--since", "2h"], "give --destination D"),
+    for args, words in ((["backfill", "stripe", "--since", "2h"], "RELAY_STRIPE__API_KEY is not set"),
+                        (["backfill", "stripe", "--destination", "simmer"], "not both"),
                         (["backfill", "--destination", "meta"], "not configured"),
                         (["backfill", "--destination", "simmer", "--since", "yesterday"], "--since")):
         result = relay.cli(*args, check=False)

@@ -41,12 +41,25 @@ UNREADABLE = (ValueError, TypeError, ArithmeticError, LookupError, AttributeErro
 
 
 @dataclass(slots=True)
+class Fetch:
+    """An event that names an object instead of carrying it (a Stripe thin event): the
+    worker fetches the object with the source's API key and records what a snapshot event
+    of `snapshot_type` carrying it would give (relay/thin.py). Never on the webhook path."""
+
+    url: str  # the API path of the object (`related_object.url`)
+    object_type: str  # "checkout.session"
+    object_id: str
+    snapshot_type: str  # the snapshot event type it stands for ("checkout.session.completed")
+
+
+@dataclass(slots=True)
 class ParsedEvent:
     event_id: str
     event_type: str
     livemode: bool = True
     conversions: list[Conversion] = field(default_factory=list)
     ignored: str | None = None  # why a valid event is not relayed
+    fetch: Fetch | None = None  # its object must be fetched before it has conversions
 
 
 class Source(Protocol):
@@ -225,21 +238,31 @@ def unix_time(value: Any, name: str) -> datetime:
         raise PayloadError(f"{name} is not a Unix timestamp in range") from None
 
 
-def build_sources(settings: Any) -> dict[str, Source]:
-    """The enabled sources, by path name (`POST /webhooks/<name>`)."""
+def _registry() -> dict[str, Any]:
     from relay.sources.chargebee import ChargebeeSource
     from relay.sources.lemonsqueezy import LemonSqueezySource
     from relay.sources.paddle import PaddleSource
     from relay.sources.stripe import StripeSource
 
-    registry: dict[str, Any] = {
+    return {
         "stripe": StripeSource,
         "lemonsqueezy": LemonSqueezySource,
         "paddle": PaddleSource,
         "chargebee": ChargebeeSource,
     }
+
+
+def build_sources(settings: Any) -> dict[str, Source]:
+    """The enabled sources, by path name (`POST /webhooks/<name>`)."""
     return {
         name: cls(getattr(settings, name))
-        for name, cls in registry.items()
+        for name, cls in _registry().items()
         if getattr(settings, name).enabled
     }
+
+
+def source_for(settings: Any, name: str) -> Source:
+    """One source's parser, whether or not its webhook secrets are set: backfill and
+    reconcile read the processor's API with its API key, and parse what they fetch with
+    the same code as the webhook path."""
+    return _registry()[name](getattr(settings, name))

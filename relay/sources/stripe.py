@@ -32,6 +32,10 @@ Conversions:
   without it the event is ignored, with a reason telling the user to subscribe
   to `refund.created` (the charge's cumulative `amount_refunded` is never used,
   it would count one refund under a second key).
+- Thin events (`object: v2.core.event`, `v1.` + one of the types above, a
+  `related_object` and no snapshot) carry no conversion themselves: `parse_thin` names
+  the object to fetch, and the worker (relay/thin.py) records what `snapshot_of` the
+  fetched object gives — the same order key as the snapshot event.
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ from relay.conversion import (
 from relay.errors import PayloadError, SignatureError
 from relay.settings import StripeSettings
 from relay.sources import (
+    Fetch,
     ParsedEvent,
     dig,
     dispatch,
+    iso_time,
     load_json,
     optional_currency,
     string_map,
@@ -133,11 +139,7 @@ class StripeSource:
     def parse(self, body: bytes) -> ParsedEvent:
         event = load_json(body)
         if event.get("object") == "v2.core.event":
-            return ParsedEvent(
-                event_id=str(event.get("id") or ""),
-                event_type=str(event.get("type") or ""),
-                ignored="Stripe v2 thin events are not relayed; send snapshot events",
-            )
+            return parse_thin(event)
         event_id = text(event.get("id"))
         event_type = text(event.get("type"))
         obj = dig(event, "data", "object")
@@ -166,6 +168,62 @@ def _client_reference(conversion: Conversion, key: str) -> Conversion:
     if conversion.kind != PURCHASE or not value or not CLIENT_REFERENCE.fullmatch(value):
         return conversion
     return conversion.replace(attribution={**conversion.attribution, key: value})
+
+
+# ------------------------------------------------------------ thin events
+
+THIN_PREFIX = "v1."
+
+
+def parse_thin(event: dict[str, Any]) -> ParsedEvent:
+    """A thin event (`object: v2.core.event`): an id, a type and a `related_object`
+    reference, no snapshot. A `v1.<type>` relay relays names the object to fetch; the
+    worker fetches it and records what the `<type>` snapshot event would give
+    (relay/thin.py, `snapshot_of`), so a snapshot endpoint and a thin endpoint on the same
+    relay meet on the same order key."""
+    event_id, event_type = text(event.get("id")), text(event.get("type"))
+    if not event_id or not event_type:
+        raise PayloadError("not a Stripe thin event: id or type is missing")
+    livemode = event.get("livemode") is not False
+    snapshot_type = event_type[len(THIN_PREFIX) :] if event_type.startswith(THIN_PREFIX) else ""
+    if snapshot_type not in HANDLERS:
+        return ParsedEvent(
+            event_id, event_type, livemode, ignored=f"event type {event_type[:64]!r} is not relayed"
+        )
+    related = event.get("related_object")
+    if not isinstance(related, dict):
+        raise PayloadError(f"thin event {event_type[:64]!r} has no related_object")
+    object_id, object_type, url = (text(related.get(k)) for k in ("id", "type", "url"))
+    if not object_id or not object_type or not url or not url.startswith("/v1/"):
+        raise PayloadError("thin event related_object needs an id, a type and a /v1/ url")
+    return ParsedEvent(
+        event_id,
+        event_type,
+        livemode,
+        fetch=Fetch(
+            url=url, object_type=object_type, object_id=object_id, snapshot_type=snapshot_type
+        ),
+    )
+
+
+def snapshot_of(
+    thin: dict[str, Any], obj: dict[str, Any], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The snapshot event a thin event stands for, carrying the fetched object: the same
+    parser then gives the same conversion (same order key) as the snapshot webhook."""
+    created = thin.get("created")  # RFC 3339 in thin events, Unix seconds in snapshots
+    seconds = iso_time(created, "created").timestamp() if isinstance(created, str) else created
+    data: dict[str, Any] = {"object": obj}
+    if previous:
+        data["previous_attributes"] = previous
+    return {
+        "id": thin.get("id"),
+        "object": "event",
+        "type": str(thin.get("type"))[len(THIN_PREFIX) :],
+        "created": int(seconds) if isinstance(seconds, int | float) else None,
+        "livemode": thin.get("livemode") is not False,
+        "data": data,
+    }
 
 
 # ------------------------------------------------------------ checkout

@@ -48,7 +48,8 @@ STATUSES = (PENDING, DELIVERED, FAILED, SKIPPED)
 ACCEPTED = "accepted"
 IGNORED = "ignored"
 QUARANTINED = "quarantined"
-EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED)
+FETCHING = "fetching"  # a thin event whose object the worker fetches (relay/thin.py)
+EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED, FETCHING)
 RESEND = "resend"  # the outcome of the attempt-log line `resend` writes
 RESEND_DETAIL = "manual resend (relay resend): same idempotency key, fresh attempt budget"
 FOLLOW_UP = "follow-up"  # the outcome of the attempt-log lines a submission's looks write
@@ -225,6 +226,30 @@ class RefundTarget:
     refunds: list[RefundSibling] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class ReconcileState:
+    """One source's reconcile (relay/reconcile.py): how far the processor's API has been read
+    and who is reading it now."""
+
+    source: str
+    mark: float | None = None  # high-water mark: everything that happened before was read
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    runs: int = 0  # successful runs
+    failures: int = 0  # failed runs
+    lease_owner: str | None = None  # the process reconciling it now (PostgreSQL: one at a time)
+    lease_until: float | None = None
+
+    @property
+    def failing(self) -> bool:
+        """The last run failed (no success since the last error)."""
+        return self.last_error_at is not None and (
+            self.last_success_at is None or self.last_error_at > self.last_success_at
+        )
+
+
 class Store(abc.ABC):
     """The ledger interface. All methods raise StoreError when the backend fails."""
 
@@ -372,6 +397,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self, now: float) -> dict[str, Any]:
         """{'by_status': {(destination, status): n}, 'oldest_pending_age': s}."""
+
+    # ---------------------------------------------------------------- reconcile
+
+    @abc.abstractmethod
+    async def reconcile_lease(
+        self, source: str, owner: str, now: float, until: float
+    ) -> ReconcileState | None:
+        """Take (or renew) the right to reconcile `source` until `until`: the state, or None
+        when another owner holds a lease that has not run out. One statement, so two
+        processes can never both hold it."""
+
+    @abc.abstractmethod
+    async def reconcile_progress(
+        self, source: str, owner: str, mark: float | None, until: float
+    ) -> bool:
+        """Move the mark forward to `mark` (never back) and extend the lease to `until`;
+        False when the lease is no longer ours (nothing changed)."""
+
+    @abc.abstractmethod
+    async def reconcile_done(
+        self, source: str, owner: str, now: float, mark: float | None, error: str | None
+    ) -> None:
+        """End a run and release the lease: success (error None) moves the mark forward to
+        `mark` and counts the run; a failure records the error and keeps the mark."""
+
+    @abc.abstractmethod
+    async def reconcile_states(self) -> list[ReconcileState]:
+        """Every source's reconcile state (for /metrics), by source."""
+
+    @abc.abstractmethod
+    async def existing(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (kind, order key) pairs of `source` the ledger already holds (dry runs)."""
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call `wake()` whenever another process adds work (PostgreSQL LISTEN/NOTIFY).

@@ -73,6 +73,7 @@ from relay.store import (
     DeliveryRow,
     EventRecord,
     FollowUp,
+    ReconcileState,
     Recorded,
     RefundSibling,
     RefundTarget,
@@ -88,8 +89,8 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 4
-SCHEMA_SUBMISSIONS = 4  # the version whose link_ref is filled in for older rows (renumber here)
+SCHEMA_VERSION = 5  # 4: reconcile_state (created by postgres.sql's CREATE TABLE IF NOT EXISTS)
+SCHEMA_SUBMISSIONS = 5  # the version whose link_ref is filled in for older rows (renumber here)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 POOL_MIN = 1
@@ -139,7 +140,7 @@ def lock_key(source: str, prefix: str) -> int:
 
 
 async def _fill_link_refs(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Schema 4: the link of every purchase, renewal and refund recorded before it, read
+    """Schema 5: the link of every purchase, renewal and refund recorded before it, read
     from the stored conversion by the same rule as new rows (relay/refunds.py)."""
     after = 0
     while True:
@@ -232,6 +233,12 @@ WITH ins AS (
 )
 SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 """
+
+
+_STATE_COLUMNS = (
+    "source, mark, last_run_at, last_success_at, last_error, last_error_at, runs, failures,"
+    " lease_owner, lease_until"
+)
 
 
 class PostgresStore(Store):
@@ -1255,7 +1262,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
 
-    # ------------------------------------------------------------ submissions (schema 4)
+    # ------------------------------------------------------------ submissions (schema 5)
 
     async def claim_submissions(
         self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
@@ -1429,6 +1436,77 @@ class PostgresStore(Store):
                 )
         return target
 
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile_lease(
+        self, source: str, owner: str, now: float, until: float
+    ) -> ReconcileState | None:
+        async with self._conn("reconcile lease failed") as conn:
+            cur = await conn.execute(
+                "INSERT INTO reconcile_state AS r (source, last_run_at, lease_owner, lease_until)"
+                " VALUES (%(source)s, %(now)s, %(owner)s, %(until)s)"
+                " ON CONFLICT (source) DO UPDATE SET last_run_at = excluded.last_run_at,"
+                " lease_owner = excluded.lease_owner, lease_until = excluded.lease_until"
+                " WHERE r.lease_owner IS NULL OR r.lease_owner = %(owner)s"
+                " OR r.lease_until IS NULL OR r.lease_until < %(now)s"
+                " RETURNING source, mark, last_run_at, last_success_at, last_error, last_error_at,"
+                " runs, failures, lease_owner, lease_until",
+                {"source": source, "now": now, "owner": owner, "until": until},
+            )
+            row = await cur.fetchone()
+        return None if row is None else ReconcileState(*row)
+
+    async def reconcile_progress(
+        self, source: str, owner: str, mark: float | None, until: float
+    ) -> bool:
+        async with self._conn("reconcile progress failed") as conn:
+            cur = await conn.execute(
+                "UPDATE reconcile_state SET mark = greatest(mark, %s::double precision),"
+                " lease_until = %s WHERE source = %s AND lease_owner = %s",
+                (mark, until, source, owner),
+            )
+            return cur.rowcount > 0
+
+    async def reconcile_done(
+        self, source: str, owner: str, now: float, mark: float | None, error: str | None
+    ) -> None:
+        async with self._conn("reconcile bookkeeping failed") as conn:
+            if error is None:
+                await conn.execute(
+                    "UPDATE reconcile_state SET mark = greatest(mark, %s::double precision),"
+                    " last_success_at = %s, runs = runs + 1, lease_owner = NULL,"
+                    " lease_until = NULL WHERE source = %s AND lease_owner = %s",
+                    (mark, now, source, owner),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE reconcile_state SET last_error = %s, last_error_at = %s,"
+                    " failures = failures + 1, lease_owner = NULL, lease_until = NULL"
+                    " WHERE source = %s AND lease_owner = %s",
+                    (error[:1000], now, source, owner),
+                )
+
+    async def reconcile_states(self) -> list[ReconcileState]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM reconcile_state ORDER BY source"  # noqa: S608
+            )
+            rows = await cur.fetchall()
+        return [ReconcileState(*row) for row in rows]
+
+    async def existing(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys:
+            return set()
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT c.kind, c.order_key"
+                " FROM unnest(%s::text[], %s::text[]) AS t (kind, order_key)"
+                " JOIN conversions c ON c.source = %s AND c.kind = t.kind"
+                " AND c.order_key = t.order_key",
+                ([k for k, _ in keys], [o for _, o in keys], source),
+            )
+            return {(kind, order_key) for kind, order_key in await cur.fetchall()}
+
     # ------------------------------------------------------------ notifications
 
     async def watch(self, wake: Callable[[], None]) -> None:
@@ -1474,7 +1552,7 @@ class PostgresStore(Store):
             delay = min(delay * 2, LISTEN_BACKOFF[1])
 
 
-# ---------------------------------------------------------------- submissions (schema 4)
+# ---------------------------------------------------------------- submissions (schema 5)
 
 
 @contextlib.asynccontextmanager

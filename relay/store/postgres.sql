@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 4).
+-- relay ledger, PostgreSQL flavour (schema version 5).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -79,6 +79,20 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
 
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
+CREATE TABLE IF NOT EXISTS reconcile_state (
+    source          text             PRIMARY KEY,
+    mark            double precision,
+    last_run_at     double precision,
+    last_success_at double precision,
+    last_error      text,
+    last_error_at   double precision,
+    runs            integer          NOT NULL DEFAULT 0,
+    failures        integer          NOT NULL DEFAULT 0,
+    lease_owner     text,
+    lease_until     double precision
+);
+
 -- Sliding 60-second log shared by every process: 0 when a send slot is taken,
 -- else the seconds until one frees up. A per-key advisory lock (held until the end of
 -- the calling statement's transaction) makes count-then-insert atomic across workers.
@@ -105,7 +119,7 @@ BEGIN
 END;
 $$;
 
--- ---------------------------------------------------------------- version 4
+-- ---------------------------------------------------------------- version 5
 -- impact.com outcomes and reversals, attribution memory (PostgresStore._migrate fills
 -- link_ref for the rows already there when it upgrades from an older version).
 -- The value a refund shares with the purchase it refunds (relay/refunds.py link_ref).

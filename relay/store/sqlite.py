@@ -55,6 +55,7 @@ from relay.store import (
     DeliveryRow,
     EventRecord,
     FollowUp,
+    ReconcileState,
     Recorded,
     RefundSibling,
     RefundTarget,
@@ -70,8 +71,8 @@ from relay.store import (
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 4
-SCHEMA_SUBMISSIONS = 4  # the version `_upgrade_submissions` brings (renumber here)
+SCHEMA_VERSION = 5  # 4: reconcile_state (created by sqlite.sql's CREATE TABLE IF NOT EXISTS)
+SCHEMA_SUBMISSIONS = 5  # the version `_upgrade_submissions` brings (renumber here)
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -94,7 +95,7 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_submissions(conn: sqlite3.Connection, from_version: int | None) -> None:
-    """Schema 4 (SCHEMA_SUBMISSIONS): impact.com outcomes and reversals, attribution memory.
+    """Schema 5 (SCHEMA_SUBMISSIONS): impact.com outcomes and reversals, attribution memory.
 
     - `conversions.link_ref`: the value a refund shares with the purchase it refunds
       (relay/refunds.py `link_ref`), indexed; filled in for the rows already there.
@@ -584,6 +585,29 @@ class SQLiteStore(Store):
 
     async def refund_target(self, conversion_id: int, destination: str) -> RefundTarget:
         return await self._call(_refund_target, conversion_id, destination)
+
+    async def reconcile_lease(
+        self, source: str, owner: str, now: float, until: float
+    ) -> ReconcileState | None:
+        return await self._call(_reconcile_lease, source, owner, now, until)
+
+    async def reconcile_progress(
+        self, source: str, owner: str, mark: float | None, until: float
+    ) -> bool:
+        return await self._call(_reconcile_progress, source, owner, mark, until)
+
+    async def reconcile_done(
+        self, source: str, owner: str, now: float, mark: float | None, error: str | None
+    ) -> None:
+        await self._call(_reconcile_done, source, owner, now, mark, error)
+
+    async def reconcile_states(self) -> list[ReconcileState]:
+        return await self._call(_reconcile_states)
+
+    async def existing(self, source: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not keys:
+            return set()
+        return await self._call(_existing, source, tuple(keys))
 
 
 # ---------------------------------------------------------------- statements (writer thread)
@@ -1114,7 +1138,7 @@ def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: floa
     return max(0.001, oldest + 60.0 - now)
 
 
-# ---------------------------------------------------------------- submissions (schema 4)
+# ---------------------------------------------------------------- submissions (schema 5)
 
 
 def _count(
@@ -1376,3 +1400,85 @@ def path_problem(path: str) -> str | None:
         return f"no file can be created in {directory} ({exc.strerror})"
     os.unlink(probe)
     return None
+
+
+# ---------------------------------------------------------------- reconcile
+
+_STATE_COLUMNS = (
+    "source, mark, last_run_at, last_success_at, last_error, last_error_at, runs, failures,"
+    " lease_owner, lease_until"
+)
+
+
+def _reconcile_lease(
+    conn: sqlite3.Connection, source: str, owner: str, now: float, until: float
+) -> ReconcileState | None:
+    row = conn.execute(
+        "INSERT INTO reconcile_state (source, last_run_at, lease_owner, lease_until)"
+        " VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (source) DO UPDATE SET last_run_at = excluded.last_run_at,"
+        " lease_owner = excluded.lease_owner, lease_until = excluded.lease_until"
+        " WHERE reconcile_state.lease_owner IS NULL OR reconcile_state.lease_owner = ?"
+        " OR reconcile_state.lease_until IS NULL OR reconcile_state.lease_until < ?"
+        " RETURNING source, mark, last_run_at, last_success_at, last_error, last_error_at, runs,"
+        " failures, lease_owner, lease_until",
+        (source, now, owner, until, owner, now),
+    ).fetchone()
+    return None if row is None else ReconcileState(*row)
+
+
+def _reconcile_progress(
+    conn: sqlite3.Connection, source: str, owner: str, mark: float | None, until: float
+) -> bool:
+    cur = conn.execute(
+        "UPDATE reconcile_state SET mark = max(coalesce(mark, ?), coalesce(?, mark)),"
+        " lease_until = ? WHERE source = ? AND lease_owner = ?",
+        (mark, mark, until, source, owner),
+    )
+    return cur.rowcount > 0
+
+
+def _reconcile_done(
+    conn: sqlite3.Connection,
+    source: str,
+    owner: str,
+    now: float,
+    mark: float | None,
+    error: str | None,
+) -> None:
+    if error is None:
+        conn.execute(
+            "UPDATE reconcile_state SET mark = max(coalesce(mark, ?), coalesce(?, mark)),"
+            " last_success_at = ?, runs = runs + 1, lease_owner = NULL, lease_until = NULL"
+            " WHERE source = ? AND lease_owner = ?",
+            (mark, mark, now, source, owner),
+        )
+    else:
+        conn.execute(
+            "UPDATE reconcile_state SET last_error = ?, last_error_at = ?, failures = failures + 1,"
+            " lease_owner = NULL, lease_until = NULL WHERE source = ? AND lease_owner = ?",
+            (error[:1000], now, source, owner),
+        )
+
+
+def _reconcile_states(conn: sqlite3.Connection) -> list[ReconcileState]:
+    return [
+        ReconcileState(*row)
+        for row in conn.execute(
+            f"SELECT {_STATE_COLUMNS} FROM reconcile_state ORDER BY source"  # noqa: S608
+        )
+    ]
+
+
+def _existing(
+    conn: sqlite3.Connection, source: str, keys: tuple[tuple[str, str], ...]
+) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for kind, order_key in keys:
+        row = conn.execute(
+            "SELECT 1 FROM conversions WHERE source = ? AND kind = ? AND order_key = ?",
+            (source, kind, order_key),
+        ).fetchone()
+        if row is not None:
+            found.add((kind, order_key))
+    return found

@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 3; the tables of version 4 are created by
+-- relay ledger, SQLite flavour (schema version 4; the tables of version 5 are created by
 -- SQLiteStore._upgrade_submissions)
 -- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
 -- indexes on them are created there, after the columns exist.
@@ -71,3 +71,17 @@ CREATE TABLE IF NOT EXISTS rate_limits (
     sent REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rate_limits_key ON rate_limits (key, sent);
+
+-- version 4 (backfill): each source's reconcile high-water mark, last outcome and lease
+CREATE TABLE IF NOT EXISTS reconcile_state (
+    source          TEXT    PRIMARY KEY,
+    mark            REAL,
+    last_run_at     REAL,
+    last_success_at REAL,
+    last_error      TEXT,
+    last_error_at   REAL,
+    runs            INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_until     REAL
+);

@@ -358,5 +358,5 @@ def test_definitive_lookup_answers_degrade_and_are_logged(app, paddle_api, tmp_p
     _, wrong_key = _enrich_with(app, paddle_api.url, tmp_path, api_key="pdl_apikey_wrong_key_42")
     with caplog.at_level("WARNING", logger="relay.enrich"):
         assert _run(wrong_key, lambda e: e(conv, "simmer")) == [conv]
-    assert "403 (forbidden): the API key was refused" in caplog.text
+    assert "403 (invalid_token): the API key was refused" in caplog.text
     assert "pdl_apikey_wrong_key_42" not in caplog.text and "jo@example.com" not in caplog.text

@@ -228,7 +228,7 @@ async def test_memory_within_one_batch_of_concurrent_webhooks(store: Store) -> N
     assert [c.attribution for c in found.values()] == [{"irclickid": "click-b"}] * 3
 
 
-async def test_schema_3_ledger_is_upgraded_in_place_and_old_purchases_are_found(store_url: str) -> None:
+async def test_an_older_ledger_is_upgraded_in_place_and_old_purchases_are_found(store_url: str) -> None:
     first = open_store(store_url)
     await first.open()
     await record(first, sale("cs_old", pi="pi_old", attribution={"irclickid": "c"}))
@@ -239,7 +239,7 @@ async def test_schema_3_ledger_is_upgraded_in_place_and_old_purchases_are_found(
         "DROP TABLE attribution_memory",
         "DROP INDEX conversions_link",
         "ALTER TABLE conversions DROP COLUMN link_ref",
-        "UPDATE schema_version SET version = 3",
+        "UPDATE schema_version SET version = 4",
     ]
     if store_url.startswith("sqlite"):
         with sqlite3.connect(store_url.split("sqlite:///", 1)[1]) as conn:
