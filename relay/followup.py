@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from relay.destinations import Destination
+from relay.destinations import Destination, Look
 from relay.errors import StoreError
 from relay.logs import short
 from relay.settings import WorkerSettings
@@ -73,14 +73,10 @@ class RateBudget:
         self.reset_at = 0.0
         self.blocked_until = 0.0
 
-    def observe(self, response: httpx.Response, now: float) -> None:
-        from relay.destinations.impact import rate_limit_reset
-
-        remaining = _int(response.headers.get("x-ratelimit-remaining"))
-        if remaining is not None:
-            reset = rate_limit_reset(response)
-            self.remaining = remaining
-            self.limit = _int(response.headers.get("x-ratelimit-limit"))
+    def observe(self, said: tuple[int, int | None, float | None] | None, now: float) -> None:
+        """What an answer said of the budget: (remaining, limit, seconds until the reset)."""
+        if said is not None:
+            self.remaining, self.limit, reset = said
             self.reset_at = now + (reset if reset is not None else HOUR)
 
     def block(self, until: float) -> None:
@@ -149,7 +145,7 @@ class Follower:
         """Every answer of a followed destination (conversion posts too) reports its budget."""
         budget = self.budgets.get(name)
         if budget is not None:
-            budget.observe(response, time.time())
+            budget.observe(self.destinations[name].rate_limit(response), time.time())
 
     async def hold(self, name: str, seconds: float) -> None:
         """The destination said 429: no follow-up (in any process) before `seconds`."""
@@ -248,8 +244,6 @@ class Follower:
             self.observe(name, response)
             look = dest.read_submission(response, claim.kind)
         except (httpx.HTTPError, TimeoutError) as exc:
-            from relay.destinations.impact import Look
-
             look = Look(FOLLOWING, f"{type(exc).__name__}: {str(exc)[:150] or 'no answer'}")
         elapsed = (time.time() - started) * 1000
         now = time.time()
@@ -317,11 +311,6 @@ class Follower:
         return SubmissionResult(
             FOLLOWING, f"{look.detail}; next look {_clock(next_at)}", attempt, next_check_at=next_at
         )
-
-
-def _int(value: str | None) -> int | None:
-    value = (value or "").strip()
-    return int(value) if value.isdigit() and len(value) < 12 else None
 
 
 def _clock(moment: float) -> str:

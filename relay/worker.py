@@ -14,6 +14,12 @@
   put back with a due time instead of holding a slot.
 - Shutdown: stop claiming, let in-flight requests finish for the grace period,
   then return what is left to pending.
+- A destination that answers "queued" (impact.com) has its submission recorded with
+  the delivered settlement, and the Follower (relay/followup.py, a task of this
+  worker) looks at it until the destination says how it went.
+- A refund going to a destination that `reverses` (impact.com) is built from the
+  ledger's view of its purchase (`store.refund_target`): sent, skipped, or deferred
+  without spending an attempt while the purchase is still on its way.
 """
 
 from __future__ import annotations

@@ -99,6 +99,16 @@ class Destination:
         """The request that looks at a followed submission."""
         raise NotImplementedError
 
+    def read_submission(self, response: httpx.Response, submitted: str) -> Look:
+        """What the answer to `submission_request` says (`submitted`: conversion,
+        modification or reversal)."""
+        raise NotImplementedError
+
+    def rate_limit(self, response: httpx.Response) -> tuple[int, int | None, float | None] | None:
+        """(requests remaining, the limit, seconds until the reset) when the answer says:
+        follow-ups spend what conversions leave."""
+        return None
+
     # A destination that turns refunds into changes of the purchase it was sent (impact's
     # Actions API) sets `reverses`: the worker then calls `build_refund` with what the
     # ledger knows about that purchase (store.refund_target) instead of `build`.
@@ -108,6 +118,28 @@ class Destination:
         self, refund: Conversion, target: Any, recorded_at: float, now: datetime
     ) -> httpx.Request | Skip | Defer:
         raise NotImplementedError
+
+
+class Look:
+    """What one look at a followed submission found (`read_submission`): `state` is
+    following (no outcome yet), accepted, duplicate or rejected, or "wait" (rate
+    limited: no look was made, try after `retry_after`)."""
+
+    __slots__ = ("detail", "error_reason", "error_type", "retry_after", "state")
+
+    def __init__(
+        self,
+        state: str,
+        detail: str,
+        error_type: str | None = None,
+        error_reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.state = state
+        self.detail = detail
+        self.error_type = error_type
+        self.error_reason = error_reason
+        self.retry_after = retry_after
 
 
 RETRYABLE_4XX = frozenset({408, 425, 429})

@@ -57,6 +57,7 @@ from relay.destinations import (
     USER_AGENT,
     Defer,
     Destination,
+    Look,
     Outcome,
     Skip,
     classify,
@@ -236,6 +237,13 @@ class Impact(Destination):
         batch = path[len(prefix) :] if path.startswith(prefix) else ""
         return prefix + batch if BATCH_ID.fullmatch(batch) else None
 
+    def rate_limit(self, response: httpx.Response) -> tuple[int, int | None, float | None] | None:
+        """(X-RateLimit-Remaining, -Limit, seconds until the reset), when impact said."""
+        remaining = _header_int(response, "x-ratelimit-remaining")
+        if remaining is None:
+            return None
+        return remaining, _header_int(response, "x-ratelimit-limit"), rate_limit_reset(response)
+
     def submission_request(self, uri: str) -> httpx.Request:
         batch = uri.rsplit("/", 1)[-1]
         sid = path_segment(self.settings.account_sid or "")
@@ -388,32 +396,16 @@ REASONS = {
 }
 
 
-class Look:
-    """What one look at a submission found: `state` is following (no outcome yet),
-    accepted, duplicate or rejected, or "wait" (rate limited: no look was made)."""
-
-    __slots__ = ("detail", "error_reason", "error_type", "retry_after", "state")
-
-    def __init__(
-        self,
-        state: str,
-        detail: str,
-        error_type: str | None = None,
-        error_reason: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        self.state = state
-        self.detail = detail
-        self.error_type = error_type
-        self.error_reason = error_reason
-        self.retry_after = retry_after
-
-
 def _text(value: Any, limit: int) -> str:
     """A string field of impact's answer, one line, bounded, emails and secrets masked."""
     if not isinstance(value, str):
         return ""
     return redact(" ".join(value.split()))[:limit]
+
+
+def _header_int(response: httpx.Response, name: str) -> int | None:
+    value = response.headers.get(name, "").strip()
+    return int(value) if value.isdigit() and len(value) < 12 else None
 
 
 def rate_limit_reset(response: httpx.Response) -> float | None:
