@@ -194,7 +194,7 @@ class Follower:
                     allowed = self.budgets[name].allowance(now, LOOKS_AT_ONCE)
                     if allowed:
                         claims += await self.store.claim_submissions(
-                            [name], allowed, s.lease_seconds, now
+                            [name], allowed, self._lease(name), now
                         )
             except Exception as exc:
                 log.warning("follow-ups: claim failed (%s); retrying", exc)
@@ -202,7 +202,12 @@ class Follower:
                 await self._sleep(min(s.poll_seconds, 1.0))
                 continue
             if claims:
-                await asyncio.gather(*(self._look(c) for c in claims), return_exceptions=True)
+                done = await asyncio.gather(
+                    *(self._look(c) for c in claims), return_exceptions=True
+                )
+                for claim, outcome in zip(claims, done, strict=True):
+                    if isinstance(outcome, Exception):  # a bug: the lease brings it back later
+                        log.error("follow-ups: a look at %s failed: %r", _tag(claim), outcome)
                 continue
             timeout = s.poll_seconds
             with contextlib.suppress(Exception):
@@ -214,6 +219,12 @@ class Follower:
                 timeout = min(timeout, min(waits))
             if timeout > 0:
                 await self._wait(timeout)
+
+    def _lease(self, name: str) -> float:
+        """Long enough for one look however slow (its deadline is twice the timeout): a
+        lease that ran out mid-look would let another worker look at it too."""
+        timeout = self.destinations[name].settings.timeout_seconds
+        return max(self.settings.lease_seconds, 2 * timeout + 5)
 
     async def _wait(self, timeout: float) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
