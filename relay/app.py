@@ -1,4 +1,5 @@
-"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics`, `GET /relay.js`.
+"""The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics` (behind
+`Authorization: Bearer $RELAY_ADMIN_TOKEN` when that is set), `GET /relay.js`.
 
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
@@ -32,7 +33,7 @@ from relay.errors import AuthError, PayloadError, SignatureError, StoreError
 from relay.intake import DUPLICATE, FETCHING, IGNORED, QUARANTINED, Intake
 from relay.limits import BodyBudget
 from relay.logs import short
-from relay.metrics import Metrics
+from relay.metrics import Metrics, authorized
 from relay.reconcile import Reconciler
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
@@ -125,6 +126,7 @@ def create_app(
                 relay.destinations,
                 settings.worker,
                 metrics=relay.metrics,
+                retention_days=settings.retention_days,
                 **options,
             )
             task = asyncio.create_task(relay.worker.run(), name="relay-worker")
@@ -183,7 +185,15 @@ def create_app(
             }
         )
 
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+
     async def metrics(request: Request) -> Response:
+        if admin_token and not authorized(request.headers.get("authorization"), admin_token):
+            return JSON(
+                {"error": "/metrics needs Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="relay"'},
+            )
         try:
             body = await relay.metrics.render(relay.store)
         except StoreError as exc:

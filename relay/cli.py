@@ -1,5 +1,5 @@
 """`relay` command line: serve, worker, migrate, check, deliveries, retry, simulate,
-events, replay, backfill, resend."""
+events, replay, backfill, resend, forget."""
 
 from __future__ import annotations
 
@@ -66,6 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         help="every skipped delivery (after fixing what made it unsendable)",
     )
     p.add_argument("--destination")
+
+    p = sub.add_parser(
+        "forget",
+        help="erase one buyer's personal data now, everywhere relay stores it",
+        description="Erase one buyer's personal data now: their conversions' email, name, "
+        "phone, address, metadata and attribution ids, the raw bodies of their events and of "
+        "every other stored event naming them, and the customer key linking them. Their "
+        "pending deliveries fail with 'erased by relay forget'. Prints how many records changed.",
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email", help="the buyer's email address")
+    who.add_argument("--customer", metavar="ID", help="the processor's customer id (e.g. cus_…)")
 
     from relay.samples import DEFAULT_EMAIL, EVENTS, events_help
 
@@ -207,7 +219,14 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         await store.open()
         enricher = build_enricher(settings)
         destinations = build_destinations(settings)
-        w = Worker(store, destinations, settings.worker, metrics=Metrics(), enrich=enricher)
+        w = Worker(
+            store,
+            destinations,
+            settings.worker,
+            metrics=Metrics(),
+            enrich=enricher,
+            retention_days=settings.retention_days,
+        )
         reconciler = Reconciler(settings, store, destinations, wake=w.wake)
         thin = ThinEvents(settings, store, destinations, wake=w.wake)
 
@@ -355,7 +374,7 @@ def retry(settings: Settings, args: argparse.Namespace) -> None:
     else:
         statuses = tuple(s for s, on in ((FAILED, args.failed), (SKIPPED, args.skipped)) if on)
 
-    async def run() -> tuple[int, list[str]]:
+    async def run() -> tuple[int, list[str], list[Any]]:
         store = open_store(settings.store_url)
         await store.open()
         try:
@@ -369,19 +388,50 @@ def retry(settings: Settings, args: argparse.Namespace) -> None:
                 else:
                     ids.append(delivery_id)
             if args.ids and not ids:
-                return 0, refused  # requeue(()) would mean every one of them
+                return 0, refused, []  # requeue(()) would mean every one of them
             count = await store.requeue(ids, args.destination, time.time(), statuses)
-            return count, refused
+            return count, refused, await _erased_rows(store, ids, args.destination, statuses)
         finally:
             await store.close()
 
-    count, refused = asyncio.run(run())
+    count, refused, erased = asyncio.run(run())
     if count or not refused:
         print(f"requeued {count} deliver{'y' if count == 1 else 'ies'}")
     for why in refused:
         print(f"relay: {why}", file=sys.stderr)
-    if refused:
+    # never sent without its buyer: refused, and said so
+    if args.ids:
+        for row in erased:
+            why = "relay forget" if row.erased == "forget" else "retention (RELAY_RETENTION_DAYS)"
+            print(
+                f"delivery {row.id} ({row.destination} {row.order_key}) not requeued: its"
+                f" buyer's personal data was removed by {why}, so it cannot be sent again",
+                file=sys.stderr,
+            )
+    elif erased:
+        print(
+            f"{len(erased)}{'+' if len(erased) >= 1000 else ''} deliver"
+            f"{'y' if len(erased) == 1 else 'ies'} left as they are: their buyer's personal"
+            " data was removed by retention or relay forget, so they cannot be sent again",
+            file=sys.stderr,
+        )
+    if refused or (erased and (args.ids or not count)):
         sys.exit(1)
+
+
+async def _erased_rows(
+    store: Any, ids: list[int], destination: str | None, statuses: tuple[str, ...]
+) -> list[Any]:
+    """The deliveries `retry` was asked for whose conversion's personal data is erased."""
+    if ids:
+        rows = [row for i in ids for row in await store.deliveries(delivery_id=i)]
+    else:
+        rows = [
+            row
+            for status in statuses
+            for row in await store.deliveries(status, destination, limit=1000)
+        ]
+    return [row for row in rows if row.erased and row.status in statuses]
 
 
 def simulate(settings: Settings, args: argparse.Namespace) -> None:
@@ -717,6 +767,55 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def forget(settings: Settings, args: argparse.Namespace) -> None:
+    email = (args.email or "").strip()
+    customer = (args.customer or "").strip()
+    if args.email is not None and ("@" not in email or len(email) > 320):
+        raise ConfigError("--email must be an email address")
+    if args.customer is not None and not customer:
+        raise ConfigError("--customer must be a customer id")
+
+    async def run() -> Any:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await store.forget(
+                email=email or None, customer_id=customer or None, now=time.time()
+            )
+        finally:
+            await store.close()
+
+    done = asyncio.run(run())
+    if not done.records:
+        print("nothing stored for that buyer (or already forgotten): 0 records changed")
+        return
+    print(
+        f"forgotten: {done.records} records changed — personal data erased from "
+        f"{_n(done.conversions, 'conversion')} and {_n(done.events, 'event body', 'event bodies')}"
+        + (
+            f"; {_n(done.memories, 'remembered attribution', 'remembered attributions')} removed"
+            if done.memories
+            else ""
+        )
+        + (
+            f"; {_n(done.deliveries, 'pending delivery', 'pending deliveries')} failed"
+            " (erased by relay forget)"
+            if done.deliveries
+            else ""
+        )
+    )
+    if not done.compacted:
+        print(
+            "warning: the SQLite WAL could not be truncated yet (another process was reading);"
+            " the worker's next hourly run does it",
+            file=sys.stderr,
+        )
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 COMMANDS = {
     "serve": serve,
     "worker": worker,
@@ -729,4 +828,5 @@ COMMANDS = {
     "replay": replay,
     "backfill": backfill,
     "resend": resend,
+    "forget": forget,
 }

@@ -377,6 +377,8 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(5.0, gt=0, le=600)
     max_connections: int = Field(1000, ge=1)
     trusted_proxies: CSV = []
+    # personal data of settled records older than this many days is erased; 0 keeps it
+    retention_days: int = Field(30, ge=0, le=36500)
     log_level: str = "INFO"
 
     stripe: StripeSettings = StripeSettings()

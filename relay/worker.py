@@ -28,12 +28,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
+from relay import retention
 from relay.conversion import REFUND, Conversion
 from relay.destinations import (
     DELIVERED,
@@ -50,7 +53,7 @@ from relay.errors import EnrichmentUnavailable, StoreError
 from relay.followup import Follower
 from relay.logs import short
 from relay.retry import RetryPolicy
-from relay.settings import WorkerSettings
+from relay.settings import WorkerSettings, env_name
 from relay.store import DELIVERED as S_DELIVERED
 from relay.store import FAILED as S_FAILED
 from relay.store import PENDING as S_PENDING
@@ -62,6 +65,7 @@ log = logging.getLogger("relay.worker")
 SHORT_RATE_WAIT = 2.0  # wait in place for a rate-limit slot up to this long
 IN_FLIGHT_PER_CLIENT = 4  # a destination gets one client per this many concurrent requests…
 MAX_CLIENTS = 8  # …up to this many
+MAINTENANCE_SECONDS = 3600.0  # retention and store housekeeping: at start, then this often
 
 Enricher = Callable[[Conversion, str], Any]  # async (conversion, destination) -> Conversion
 
@@ -76,6 +80,8 @@ class Worker:
         metrics: Any = None,
         enrich: Enricher | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        retention_days: float = 0,
+        maintenance_seconds: float = MAINTENANCE_SECONDS,
     ) -> None:
         self.store = store
         self.destinations = dict(destinations)
@@ -96,6 +102,8 @@ class Worker:
         self._concluding: dict[asyncio.Task[None], list[Claim]] = {}  # shielded settlements
         self._slot_free = asyncio.Event()
         self._paused_until: dict[str, float] = {}
+        self.retention_days = retention_days  # 0: personal data is kept
+        self.maintenance_seconds = maintenance_seconds
         # Queued answers (impact.com) followed to their outcome: relay/followup.py.
         self.follower = Follower(
             store, self.destinations, settings, transport=transport, on_rate_limited=self._pause
@@ -114,6 +122,34 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        maintenance = asyncio.create_task(self._maintain(), name="relay-maintenance")
+        try:
+            await self._run()
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+
+    async def _maintain(self) -> None:
+        """Retention (when relay starts, then every `maintenance_seconds`) and the store's
+        housekeeping, in their own task: never on the delivery path. A failure is logged
+        and tried again a minute later."""
+        while not self._stopping.is_set():
+            wait = self.maintenance_seconds
+            try:
+                if self.retention_days > 0:
+                    await retention.run_once(
+                        self.store, self.retention_days, stopping=self._stopping.is_set
+                    )
+                await self.store.compact()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention: failed (%s); trying again in a minute", exc)
+                wait = min(wait, 60.0)
+            await self._sleep(wait)
+
+    async def _run(self) -> None:
         names = list(self.destinations)
         if not names:
             log.info("worker: no destination configured; nothing to deliver")
@@ -331,6 +367,17 @@ class Worker:
                         ),
                     )
                     continue
+                if claim.erased is not None:  # retention or `relay forget` took the buyer's data
+                    detail = _erased_reason(claim.erased)
+                    await settle(
+                        claim,
+                        Settlement(
+                            S_FAILED,
+                            error=detail,
+                            attempt=Attempt(started, 0.0, "failed", None, detail),
+                        ),
+                    )
+                    continue
                 conv = claim.conversion
                 if self.enrich is not None:
                     try:
@@ -353,11 +400,15 @@ class Worker:
                             _tag(claim),
                             type(exc).__name__,
                         )
-                if conv.kind == REFUND and dest.reverses:  # a change of the purchase sent there
-                    target = await self.store.refund_target(claim.conversion_id, name)
-                    built = dest.build_refund(conv, target, claim.created_at, now)
-                else:
-                    built = dest.build(conv, now)
+                try:
+                    if conv.kind == REFUND and dest.reverses:  # a change of the purchase there
+                        target = await self.store.refund_target(claim.conversion_id, name)
+                        built = dest.build_refund(conv, target, claim.created_at, now)
+                    else:
+                        built = dest.build(conv, now)
+                except Exception as exc:  # an internal error: it spends this attempt
+                    await settle(claim, self._internal(claim, dest, exc, started, sent=False))
+                    continue
                 if isinstance(built, Defer):  # not yet, and no attempt spent
                     await settle(
                         claim,
@@ -385,7 +436,12 @@ class Worker:
                 conversions.append(conv)
             if not ready:
                 return
-            request = ready[0][1] if len(ready) == 1 else dest.build_batch(conversions, now)
+            try:
+                request = ready[0][1] if len(ready) == 1 else dest.build_batch(conversions, now)
+            except Exception as exc:  # an internal error: each claim spends this attempt
+                for claim, _ in ready:
+                    await settle(claim, self._internal(claim, dest, exc, started, sent=False))
+                return
             if not await self._take_slot(name, dest, [claim for claim, _ in ready], settle):
                 return
             started = time.time()
@@ -413,33 +469,60 @@ class Worker:
             for claim in list(unsettled):
                 await self._hand_back(claim, dest, claim.delivery_id in on_wire, started)
             raise
-        except Exception as exc:  # a bug or a store failure: hand them back for a later try
-            log.exception("delivery error destination=%s", name)
-            detail = f"internal error: {_err(exc)}"
+        except StoreError as exc:  # the ledger failed: hand them back, no attempt spent
+            log.warning("delivery destination=%s: store error (%s); handing back", name, exc)
             for claim in list(unsettled):
                 sent = claim.delivery_id in on_wire
-                if sent and not dest.resend_ambiguous:
-                    settlement = Settlement(
-                        S_FAILED,
-                        error="ambiguous: " + detail,
-                        attempt=Attempt(started, 0.0, "ambiguous", None, detail),
-                    )
-                elif claim.attempt >= dest.settings.max_attempts:
-                    settlement = Settlement(
-                        S_FAILED,
-                        error=f"gave up after {claim.attempt} attempts: " + detail,
-                        attempt=Attempt(started, 0.0, "error", None, detail),
-                    )
-                else:
-                    settlement = Settlement(
-                        S_PENDING,
-                        next_attempt_at=time.time() + self.settings.retry_base_seconds,
-                        error=detail,
-                        count_attempt=sent,
-                        attempt=Attempt(started, 0.0, "error", None, detail),
-                    )
                 with contextlib.suppress(Exception):
-                    await self.store.settle(claim, settlement, time.time())
+                    await self.store.settle(
+                        claim,
+                        Settlement(
+                            S_PENDING,
+                            next_attempt_at=time.time() + self.settings.retry_base_seconds,
+                            count_attempt=sent,
+                        ),
+                        time.time(),
+                    )
+        except Exception as exc:  # an internal error: each claim spends its attempt
+            for claim in list(unsettled):
+                settlement = self._internal(
+                    claim, dest, exc, started, sent=claim.delivery_id in on_wire
+                )
+                with contextlib.suppress(Exception):
+                    await self._settle(claim, settlement, _tag(claim))
+
+    def _internal(
+        self, claim: Claim, dest: Destination, exc: Exception, started: float, *, sent: bool
+    ) -> Settlement:
+        """An error in relay's own handling of a claim (building the request, a bug): the
+        attempt is spent and the retry policy applies, so it ends in the dead letter after
+        max_attempts with a reason a person can act on. One log line per attempt (the
+        settlement's); the traceback only at DEBUG."""
+        if log.isEnabledFor(logging.DEBUG):  # where it happened; the message may hold a secret
+            log.debug(
+                "internal error %s: %s at\n%s",
+                _tag(claim),
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
+        detail = internal_reason(exc, dest)
+        if sent and not dest.resend_ambiguous:  # it may have counted: never resent
+            return Settlement(
+                S_FAILED,
+                error="ambiguous: " + detail,
+                attempt=Attempt(started, 0.0, "ambiguous", None, detail),
+            )
+        attempt = Attempt(started, 0.0, "error", None, detail)
+        delay = self.policy.next_delay(claim.attempt, dest.settings.max_attempts)
+        if delay is None:
+            return Settlement(
+                S_FAILED,
+                error=f"gave up after {claim.attempt} attempts: {detail}",
+                attempt=attempt,
+            )
+        return Settlement(
+            S_PENDING, next_attempt_at=time.time() + delay, error=detail, attempt=attempt
+        )
 
     async def _take_slot(
         self,
@@ -514,7 +597,13 @@ class Worker:
                 return Outcome(RETRY, f"timeout: no answer within {deadline:.0f} s"), None, True
         try:
             return dest.classify(response), response.status_code, False
-        except Exception:  # a classifier that needed the body it could not read
+        except Exception as exc:  # a classifier that needed the body it could not read
+            log.warning(
+                "destination=%s: its answer could not be read (%s); judged by its status %s",
+                name,
+                type(exc).__name__,
+                response.status_code,
+            )
             return classify(response), response.status_code, False
 
     async def _hand_back(
@@ -659,3 +748,58 @@ def _kind(exc: Exception) -> str:
 
 def _err(exc: Exception) -> str:
     return redact(str(exc) or type(exc).__name__)[:200]
+
+
+def _erased_reason(erased: str) -> str:
+    if erased == "forget":
+        return "not sent: the buyer's personal data was erased by relay forget"
+    return (
+        "not sent: the buyer's personal data was removed by retention"
+        " (RELAY_RETENTION_DAYS); a conversion without it cannot be delivered"
+    )
+
+
+def internal_reason(exc: Exception, dest: Destination) -> str:
+    """What went wrong inside relay, in words that say what to fix, never a secret."""
+    secrets = _setting_values(dest)
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+        shown = ", ".join(f"{c!r} U+{ord(c):04X}" for c in bad[:3]) or "non-ASCII"
+        for field, value in secrets:
+            if (bad and bad in value) or (not bad and not value.isascii()):
+                return (
+                    f"internal error: the {_label(field)} contains a character HTTP headers"
+                    f" cannot carry ({shown}) — check {env_name(dest.name, field)}"
+                )
+        return (
+            "internal error: a request header would carry a character HTTP headers"
+            f" cannot carry ({shown})"
+        )
+    text = str(exc) or type(exc).__name__
+    for _, value in secrets:
+        if len(value) >= 4:
+            text = text.replace(value, "********")
+    return f"internal error: {type(exc).__name__}: {_err_text(text)}"
+
+
+def _setting_values(dest: Destination) -> list[tuple[str, str]]:
+    """(field, value) of every text setting of the destination, secrets included."""
+    out: list[tuple[str, str]] = []
+    for field in type(dest.settings).model_fields:
+        value = getattr(dest.settings, field, None)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str) and value:
+            out.append((field, value))
+    return out
+
+
+_WORDS = {"api": "API", "id": "ID", "sid": "SID", "url": "URL"}
+
+
+def _label(field: str) -> str:
+    return " ".join(_WORDS.get(w, w) for w in field.split("_"))
+
+
+def _err_text(text: str) -> str:
+    return redact(" ".join(text.split()))[:200]

@@ -4,6 +4,11 @@ Two backends implement `Store`: SQLite (embedded default, one file, WAL) and
 PostgreSQL (many processes on many machines). Everything the web app and the
 worker need goes through these methods; nothing else touches SQL.
 
+Personal data (buyer email, name, phone, address, metadata, attribution ids) lives in two
+places only: the raw event bodies and the stored conversions. `retain` (RELAY_RETENTION_DAYS)
+and `forget` (`relay forget`) erase it there and mark the rows `erased`; dedupe keys (event
+ids, order keys) and the customer key stay, so a late redelivery is still a duplicate.
+
 Delivery life cycle:
 
     pending ──claim (lease)──▶ in flight ──settle──▶ delivered | failed | skipped
@@ -33,17 +38,24 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.conversion import Conversion
+from relay.conversion import Conversion, Customer
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 SKIPPED = "skipped"
 STATUSES = (PENDING, DELIVERED, FAILED, SKIPPED)
+SCAN_CHUNK = 2000  # rows `forget` reads per transaction while looking for a buyer
+ERASE_CHUNK = 200  # conversions `forget` erases per transaction
+RETENTION = "retention"  # why a record's personal data is gone: `erased` / `Claim.erased`
+FORGET = "forget"
+# the reason a forgotten buyer's pending deliveries fail
+ERASED_BY_FORGET = "erased by relay forget"
 
 ACCEPTED = "accepted"
 IGNORED = "ignored"
@@ -110,6 +122,7 @@ class Claim:
     created_at: float  # when the conversion was recorded
     recovered: bool = False  # an earlier claim's lease ran out before it settled
     in_doubt: bool = False  # …and that claim had marked its request as sent (`mark_sent`)
+    erased: str | None = None  # RETENTION or FORGET: the buyer's data is gone; never send it
 
 
 @dataclass(slots=True)
@@ -159,10 +172,38 @@ class DeliveryRow:
     order_key: str
     created_at: float
     updated_at: float
+    erased: str | None = None  # RETENTION or FORGET: the conversion's personal data is gone
     # The destination's verdict on a queued submission (impact.com), when it is followed:
     # following | accepted | duplicate | rejected | unresolved, and what the last look saw.
     confirmation: str | None = None
     confirmation_detail: str | None = None
+
+
+@dataclass(slots=True)
+class Forgotten:
+    """What `forget` changed."""
+
+    conversions: int = 0  # conversions whose personal data was erased
+    events: int = 0  # raw event bodies erased
+    deliveries: int = 0  # pending deliveries failed with ERASED_BY_FORGET
+    compacted: bool = True  # False: SQLite's WAL still holds old pages (another process reading)
+    memories: int = 0  # remembered attribution ids removed (RELAY_ATTRIBUTION__MEMORY)
+
+    @property
+    def records(self) -> int:
+        return self.conversions + self.events + self.deliveries + self.memories
+
+
+@dataclass(slots=True)
+class Retained:
+    """One bounded batch of retention (`retain`)."""
+
+    conversions: int = 0  # conversions erased in this batch
+    events: int = 0  # raw event bodies erased in this batch
+    done: bool = True  # nothing is left to look at in this run
+    cursor: Any = None  # where the next batch of this run starts (pass it back)
+    busy: bool = False  # another process is running retention now (PostgreSQL); try later
+    memories: int = 0  # remembered attribution ids removed in this batch
 
 
 @dataclass(slots=True)
@@ -396,7 +437,127 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, now: float) -> dict[str, Any]:
-        """{'by_status': {(destination, status): n}, 'oldest_pending_age': s}."""
+        """{'by_status': {(destination, status): n}, 'oldest_pending_age': s}.
+
+        The same cost at 10 deliveries and at 10M: counts are kept by triggers on
+        `deliveries` (every write path is counted without knowing it), the oldest pending
+        age comes from an index."""
+
+    @abc.abstractmethod
+    async def retain(
+        self, cutoff: float, now: float, cursor: Any = None, limit: int = 500
+    ) -> Retained:
+        """One bounded batch of retention: erase the personal data of conversions whose
+        conversion time (`occurred_at`) is before `cutoff` and which have no pending
+        delivery, and the raw bodies of events none of whose conversions keeps its data
+        (events without conversions: received before `cutoff`). Looks at no more than
+        about `limit` rows, in its own short transaction; call again with the returned
+        cursor until `done`. Safe to run from several processes at once."""
+
+    async def forget(
+        self, *, email: str | None = None, customer_id: str | None = None, now: float
+    ) -> Forgotten:
+        """Erase one buyer's personal data now: every conversion with this email or
+        customer id (or sharing an event with one), their events' raw bodies, every other
+        stored body that mentions the email or the customer id (ignored events included),
+        and the customer key linking them (so the buyer, if they come back, is a new
+        customer). Their pending deliveries fail with ERASED_BY_FORGET. Works in short
+        transactions; on SQLite the bytes are gone from the file (WAL included) when it
+        returns.
+
+        Finding the buyer: their customer keys (the email's hash, `id:<customer id>`), then
+        a scan of the conversions still holding data for the email (under a customer id's
+        key), then the same buyer's other customer ids, then a scan of every stored body
+        still held (retention keeps that to the last RELAY_RETENTION_DAYS, plus what is
+        not settled) for the address or a customer id as a JSON string. An address that a
+        body spells differently (JSON \\u escapes) is not found by the scan."""
+        email = (email or "").strip().lower() or None
+        customer_id = (customer_id or "").strip() or None
+        if email is None and customer_id is None:
+            raise ValueError("forget needs an email or a customer id")
+        keys = [email_key(email)] if email else []
+        if customer_id:
+            keys.append(f"id:{customer_id}")
+        conversions, customers = await self._forget_by_keys(keys)
+        if email:  # the email under a customer id's key
+            cursor: Any = None
+            while True:
+                found, seen_customers, cursor = await self._forget_scan_conversions(
+                    email, cursor, SCAN_CHUNK
+                )
+                conversions |= found
+                customers |= seen_customers
+                if cursor is None:
+                    break
+        if customer_id:
+            customers.add(customer_id)
+        more = [f"id:{c}" for c in sorted(customers) if f"id:{c}" not in keys]
+        if more:  # the same buyer under their customer id, with another email or none
+            found, _ = await self._forget_by_keys(more)
+            conversions |= found
+        # Their remembered attribution ids, under every key they are known by.
+        memories = await self._forget_memory(keys + more)
+        events: set[int] = set()
+        after: int | None = 0
+        while after is not None:  # every other stored body naming the buyer
+            found_events, after = await self._forget_scan_events(
+                email, sorted(customers), after, SCAN_CHUNK
+            )
+            events |= found_events
+        result = Forgotten(memories=memories)
+        queue, seen = sorted(conversions), set(conversions)
+        event_queue, seen_events = sorted(events), set(events)
+        while queue or event_queue:
+            chunk, queue = queue[:ERASE_CHUNK], queue[ERASE_CHUNK:]
+            echunk, event_queue = event_queue[:ERASE_CHUNK], event_queue[ERASE_CHUNK:]
+            changed, related, erased_events = await self._forget_chunk(chunk, echunk, now)
+            result.conversions += changed.conversions
+            result.events += changed.events
+            result.deliveries += changed.deliveries
+            seen_events |= erased_events
+            for cid in sorted(related - seen):  # conversions of an erased event: the same buyer
+                seen.add(cid)
+                queue.append(cid)
+        result.compacted = await self.compact()
+        return result
+
+    # The steps of `forget`, each its own short transaction (see the SQLite backend).
+    async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
+        """Conversions (erased or not) with these customer keys; the customer ids named."""
+        raise NotImplementedError
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        """Remove the remembered attribution ids under these customer keys; how many."""
+        raise NotImplementedError
+
+    async def _forget_scan_conversions(
+        self, email: str, cursor: Any, limit: int
+    ) -> tuple[set[int], set[str], Any]:
+        """Up to `limit` conversions still holding data, from `cursor`: those mentioning
+        the email, the customer ids they carry, and the next cursor (None at the end)."""
+        raise NotImplementedError
+
+    async def _forget_scan_events(
+        self, email: str | None, customers: list[str], after: int, chunk: int
+    ) -> tuple[set[int], int | None]:
+        """Events with ids in (after, after + chunk] whose body still held mentions the
+        buyer; the next `after` (None at the end)."""
+        raise NotImplementedError
+
+    async def _forget_chunk(
+        self, conversions: list[int], events: list[int], now: float
+    ) -> tuple[Forgotten, set[int], set[int]]:
+        """Erase these conversions (customer key included), fail their pending
+        deliveries, erase their events' bodies and these events' bodies. Returns the
+        counts, the other conversions of their events still holding data, and the events
+        now erased."""
+        raise NotImplementedError
+
+    async def compact(self) -> bool:
+        """Housekeeping after retention, run hourly by the worker: SQLite checkpoints and
+        truncates its WAL (no older copy of an erased page stays in it), PostgreSQL folds
+        the per-connection counter rows of `stats`. False when it could not finish now."""
+        return True
 
     # ---------------------------------------------------------------- reconcile
 
@@ -527,9 +688,41 @@ def customer_key(conversion: Conversion) -> str | None:
     if conversion.customer.id:
         return "id:" + conversion.customer.id
     if conversion.customer.email:
-        email = conversion.customer.email.strip().lower()
-        return "email:" + hashlib.sha256(email.encode()).hexdigest()
+        return email_key(conversion.customer.email)
     return None
+
+
+# refs keys that point at a person rather than at an order (removed with the personal data)
+PERSONAL_REFS = frozenset({"customer", "customer_id", "client_reference_id"})
+
+
+def erase_personal(conversion: Conversion) -> Conversion:
+    """The conversion without its buyer: no customer fields, metadata, attribution ids or
+    refs pointing at the person. What identifies the order stays (kind, order key, time,
+    amounts, items, processor order ids), so refunds and dedupe keep working."""
+    return conversion.replace(
+        customer=Customer(),
+        attribution={},
+        metadata={},
+        refs={k: v for k, v in conversion.refs.items() if k not in PERSONAL_REFS},
+    )
+
+
+def email_key(email: str) -> str:
+    """The customer key a conversion with this email and no customer id has."""
+    return "email:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def mentions(raw: bytes, email: str | None, customer_ids: Sequence[str] = ()) -> bool:
+    """Whether a stored body names this buyer: the email as a whole address (ignoring
+    case, so "xa@b.com" and "a@b.community" do not count for "a@b.com") or a customer id
+    as a whole JSON string. `forget` finds candidates in SQL, then checks them here."""
+    text = raw.decode("utf-8", "replace")
+    if email and re.search(
+        r"(?<![\w.%+-])" + re.escape(email) + r"(?![\w-]|\.\w)", text, re.IGNORECASE
+    ):
+        return True
+    return any(f'"{cid}"' in text for cid in customer_ids)
 
 
 def open_store(url: str) -> Store:

@@ -32,6 +32,13 @@ server-side parameters natively — no second driver for the listener.
   sent while it was away are lost; polling is the safety net).
 - `rate_acquire()`: a sliding log in PostgreSQL behind a per-key advisory lock
   (`relay_rate_acquire()` in the schema): one limit for all workers together.
+- `stats()` (/metrics): counts kept by triggers in `delivery_counts`, one row per
+  (destination, status, connection): the shard is `pg_backend_pid()`, so two transactions
+  never update the same counter row (a backend runs one at a time) and concurrent
+  workers never wait on each other for it; `compact()` folds the shards into shard 0.
+  The oldest pending age is one index probe per destination.
+- `retain()` / `forget()`: short transactions; retention takes a try-advisory lock per
+  batch, so with several processes one works and the others skip.
 - PostgreSQL unavailable: every method raises StoreError (webhooks answer 503,
   /healthz 503). The pool validates connections on checkout and reconnects in the
   background, so service resumes without a restart once the server is back.
@@ -62,37 +69,47 @@ from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
     DELIVERED,
+    ERASED_BY_FORGET,
     FAILED,
     FOLLOWING,
+    FORGET,
     PENDING,
     REJECTED_THERE,
     RESEND,
     RESEND_DETAIL,
+    RETENTION,
     Attempt,
     Claim,
     DeliveryRow,
     EventRecord,
     FollowUp,
+    Forgotten,
     ReconcileState,
     Recorded,
     RefundSibling,
     RefundTarget,
+    Retained,
     Settlement,
     Store,
     StoredEvent,
     SubmissionClaim,
     SubmissionResult,
     customer_key,
+    erase_personal,
     memory_kind,
+    mentions,
     reason_label,
     remembered,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 5  # 4: reconcile_state (created by postgres.sql's CREATE TABLE IF NOT EXISTS)
-SCHEMA_SUBMISSIONS = 5  # the version whose link_ref is filled in for older rows (renumber here)
+SCHEMA_VERSION = 6  # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: submissions
+ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (_ERASURE_STEP)
+SCHEMA_SUBMISSIONS = 6  # the version whose link_ref is filled in for older rows (renumber here)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
+RETENTION_LOCK = 726502  # pg_try_advisory_xact_lock key: one retention batch at a time
+COMPACT_LOCK = 726503  # pg_try_advisory_xact_lock key: one fold of the counter shards at a time
 POOL_MIN = 1
 POOL_MAX = 10
 CHECKOUT_TIMEOUT = 5.0  # seconds a caller waits for a connection before StoreError
@@ -140,7 +157,7 @@ def lock_key(source: str, prefix: str) -> int:
 
 
 async def _fill_link_refs(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Schema 5: the link of every purchase, renewal and refund recorded before it, read
+    """SCHEMA_SUBMISSIONS: the link of every purchase, renewal and refund recorded before it, read
     from the stored conversion by the same rule as new rows (relay/refunds.py)."""
     after = 0
     while True:
@@ -169,19 +186,23 @@ _MEMORY_SQL = (
     " JOIN attribution_memory m USING (source, customer_key)"
 )
 # Remembered ids (sorted by key; one row per key per batch) and memories put to use.
+# (source, customer key, ids, recorded at, the conversion time: seen_at, see sqlite's
+# _remember)
 _REMEMBER_INSERT = (
-    "INSERT INTO attribution_memory (source, customer_key, attribution, created_at, updated_at)"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::float8[], %b::float8[])"
+    "INSERT INTO attribution_memory (source, customer_key, attribution, created_at, updated_at,"
+    " seen_at) SELECT t.source, t.key, t.ids, t.at, t.at, t.seen FROM unnest(%b::text[],"
+    " %b::text[], %b::bytea[], %b::float8[], %b::float8[]) AS t (source, key, ids, at, seen)"
     " ON CONFLICT (source, customer_key) "
 )
 _REMEMBER_SQL = {
     "first": _REMEMBER_INSERT + "DO NOTHING",
-    "last": _REMEMBER_INSERT
-    + "DO UPDATE SET attribution = excluded.attribution, updated_at = excluded.updated_at",
+    "last": _REMEMBER_INSERT + "DO UPDATE SET attribution = excluded.attribution,"
+    " updated_at = excluded.updated_at,"
+    " seen_at = greatest(attribution_memory.seen_at, excluded.seen_at)",
 }
 _MEMORY_USED_SQL = (
-    "UPDATE attribution_memory m SET used_at = t.at"
-    " FROM unnest(%b::text[], %b::text[], %b::float8[]) AS t (source, customer_key, at)"
+    "UPDATE attribution_memory m SET seen_at = greatest(m.seen_at, t.seen)"
+    " FROM unnest(%b::text[], %b::text[], %b::float8[]) AS t (source, customer_key, seen)"
     " WHERE m.source = t.source AND m.customer_key = t.customer_key"
 )
 
@@ -239,6 +260,117 @@ _STATE_COLUMNS = (
     "source, mark, last_run_at, last_success_at, last_error, last_error_at, runs, failures,"
     " lease_owner, lease_until"
 )
+
+
+# Version 5 (ERASURE_VERSION), run once under the migration lock, in its transaction:
+# delivery counts kept exact by statement-level triggers with transition tables (a batch
+# of 256 new deliveries, or `relay retry --failed` requeueing 100k, is one aggregated
+# upsert; a row-level trigger would update the same counter row once per row, and each
+# such update in one transaction walks the versions the earlier ones left: quadratic),
+# sharded by backend; the oldest pending age from an index; erasure marks and the
+# indexes retention walks. CREATE TRIGGER locks `deliveries` against writes until
+# COMMIT, so the counts built at the end are exact even with other processes running.
+_ERASURE_STEP = """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS erased_at double precision;
+ALTER TABLE conversions ADD COLUMN IF NOT EXISTS erased_at double precision;
+ALTER TABLE conversions ADD COLUMN IF NOT EXISTS erased_by text;
+
+CREATE TABLE IF NOT EXISTS delivery_counts (
+    destination text    NOT NULL,
+    status      text    NOT NULL,
+    shard       integer NOT NULL,  -- pg_backend_pid() of the writer; 0: folded by compact()
+    n           bigint  NOT NULL,
+    PRIMARY KEY (destination, status, shard)
+);
+
+CREATE OR REPLACE FUNCTION relay_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO delivery_counts (destination, status, shard, n)
+    SELECT destination, status, pg_backend_pid(), count(*) FROM relay_new
+     GROUP BY destination, status ORDER BY destination, status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET n = delivery_counts.n + EXCLUDED.n;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE FUNCTION relay_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO delivery_counts (destination, status, shard, n)
+    SELECT destination, status, pg_backend_pid(), -count(*) FROM relay_old
+     GROUP BY destination, status ORDER BY destination, status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET n = delivery_counts.n + EXCLUDED.n;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE FUNCTION relay_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- claims, lease extensions and send marks change no status: done (~10 us, not ~30)
+    IF NOT EXISTS (SELECT 1 FROM relay_old o JOIN relay_new w USING (id)
+                    WHERE o.status IS DISTINCT FROM w.status
+                       OR o.destination IS DISTINCT FROM w.destination) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO delivery_counts (destination, status, shard, n)
+    SELECT v.destination, v.status, pg_backend_pid(), sum(v.n)
+      FROM relay_old o JOIN relay_new w USING (id),
+           LATERAL (VALUES (o.destination, o.status, -1), (w.destination, w.status, 1))
+               AS v (destination, status, n)
+     WHERE o.status IS DISTINCT FROM w.status OR o.destination IS DISTINCT FROM w.destination
+     GROUP BY v.destination, v.status HAVING sum(v.n) <> 0
+     ORDER BY v.destination, v.status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET n = delivery_counts.n + EXCLUDED.n;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE FUNCTION relay_count_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM delivery_counts;
+    RETURN NULL;
+END;
+$$;
+DROP TRIGGER IF EXISTS deliveries_count_insert ON deliveries;
+CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries
+    REFERENCING NEW TABLE AS relay_new FOR EACH STATEMENT EXECUTE FUNCTION relay_count_inserted();
+DROP TRIGGER IF EXISTS deliveries_count_update ON deliveries;
+CREATE TRIGGER deliveries_count_update AFTER UPDATE ON deliveries
+    REFERENCING OLD TABLE AS relay_old NEW TABLE AS relay_new
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_count_updated();
+DROP TRIGGER IF EXISTS deliveries_count_delete ON deliveries;
+CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries
+    REFERENCING OLD TABLE AS relay_old FOR EACH STATEMENT EXECUTE FUNCTION relay_count_deleted();
+DROP TRIGGER IF EXISTS deliveries_count_truncate ON deliveries;
+CREATE TRIGGER deliveries_count_truncate AFTER TRUNCATE ON deliveries
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_count_truncated();
+
+-- replaces deliveries_status (status, destination): the same lookups, plus the oldest
+-- pending delivery of a destination in O(log n), with no extra index to write
+CREATE INDEX IF NOT EXISTS deliveries_status_age ON deliveries (status, destination, created_at);
+DROP INDEX IF EXISTS deliveries_status;
+-- retention walks the conversions not erased yet by conversion time; forget and retention
+-- find an event's other conversions. Both shrink as rows are erased.
+CREATE INDEX IF NOT EXISTS conversions_retention ON conversions (occurred_at, id)
+    WHERE erased_at IS NULL;
+CREATE INDEX IF NOT EXISTS conversions_event ON conversions (event_row) WHERE erased_at IS NULL;
+-- how far retention's walk over the events has come (events without conversions)
+CREATE TABLE IF NOT EXISTS retention_state (key text PRIMARY KEY, value double precision NOT NULL);
+
+DELETE FROM delivery_counts;
+INSERT INTO delivery_counts (destination, status, shard, n)
+SELECT destination, status, 0, count(*) FROM deliveries GROUP BY destination, status;
+"""
+
+_COMPACT_SQL = """
+WITH moved AS (
+    DELETE FROM delivery_counts d
+     USING (SELECT destination, status, shard FROM delivery_counts WHERE shard <> 0
+               FOR UPDATE SKIP LOCKED) AS s
+     WHERE d.destination = s.destination AND d.status = s.status AND d.shard = s.shard
+    RETURNING d.destination, d.status, d.n
+)
+INSERT INTO delivery_counts (destination, status, shard, n)
+SELECT destination, status, 0, sum(n) FROM moved GROUP BY destination, status
+ ORDER BY destination, status
+ON CONFLICT (destination, status, shard) DO UPDATE SET n = delivery_counts.n + EXCLUDED.n
+"""
 
 
 class PostgresStore(Store):
@@ -309,6 +441,8 @@ class PostgresStore(Store):
                 raise StoreError(
                     f"database schema {current} is newer than this relay ({SCHEMA_VERSION})"
                 )
+            if current is None or current < ERASURE_VERSION:
+                await conn.execute(_ERASURE_STEP.encode())
             if current is not None and current < SCHEMA_SUBMISSIONS:
                 await _fill_link_refs(conn)
             if current != SCHEMA_VERSION:  # created, or upgraded by the idempotent script
@@ -593,11 +727,12 @@ class PostgresStore(Store):
                         continue
                     if ckey and memory != "off":  # as `_remember` does, batch order kept
                         mkey2 = (conversion.source, ckey)
+                        seen = conversion.occurred_at.timestamp()
                         if "attribution_memory" in conversion.refs:
-                            used[mkey2] = event.received_at
+                            used[mkey2] = max(used.get(mkey2, seen), seen)
                         elif conversion.attribution and (memory == "last" or mkey2 not in memories):
                             memories[mkey2] = conversion.attribution
-                            remember[mkey2] = (conversion.attribution, event.received_at)
+                            remember[mkey2] = (conversion.attribution, event.received_at, seen)
                     if conversion.kind in REVENUE_KINDS and ckey:
                         known_customers.add((conversion.source, ckey))
                     if conversion.kind == REFUND and objects:  # later refunds of the object see it
@@ -650,7 +785,7 @@ class PostgresStore(Store):
                         [k[1] for k in keys],
                         [orjson.dumps(remember[k][0]) for k in keys],
                         [remember[k][1] for k in keys],
-                        [remember[k][1] for k in keys],
+                        [remember[k][2] for k in keys],
                     ),
                 )
             if used:
@@ -789,8 +924,9 @@ class PostgresStore(Store):
                 result.known.append(conversion)
                 continue
             if ckey and memory != "off":
+                seen = conversion.occurred_at.timestamp()
                 if "attribution_memory" in conversion.refs:
-                    await conn.execute(_MEMORY_USED_SQL, ([conversion.source], [ckey], [now]))
+                    await conn.execute(_MEMORY_USED_SQL, ([conversion.source], [ckey], [seen]))
                 elif conversion.attribution:
                     await conn.execute(
                         _REMEMBER_SQL["last" if memory == "last" else "first"],
@@ -799,7 +935,7 @@ class PostgresStore(Store):
                             [ckey],
                             [orjson.dumps(conversion.attribution)],
                             [now],
-                            [now],
+                            [seen],
                         ),
                     )
             result.conversions.append(conversion)
@@ -864,7 +1000,7 @@ class PostgresStore(Store):
                        conversions c
                  WHERE d.id = due.id AND c.id = d.conversion_id
                 RETURNING d.id, d.conversion_id, d.destination, d.attempts, d.recovered,
-                          d.in_doubt, c.data, c.created_at
+                          d.in_doubt, c.data, c.created_at, c.erased_by
                 """,
                 {
                     "until": now + lease_seconds,
@@ -886,8 +1022,19 @@ class PostgresStore(Store):
                 created_at=created,
                 recovered=bool(recovered),
                 in_doubt=bool(in_doubt),
+                erased=erased,
             )
-            for delivery_id, conversion_id, destination, attempts, recovered, in_doubt, data, created in rows
+            for (
+                delivery_id,
+                conversion_id,
+                destination,
+                attempts,
+                recovered,
+                in_doubt,
+                data,
+                created,
+                erased,
+            ) in rows
         ]
 
     async def settle(self, claim: Claim, settlement: Settlement, now: float) -> bool:
@@ -921,7 +1068,7 @@ class PostgresStore(Store):
                            lease_until = NULL, lease_token = NULL, recovered = false,
                            in_doubt = false,
                            last_status_code = COALESCE(%(code)s::integer, last_status_code),
-                           last_error = CASE WHEN %(status)s = 'delivered' THEN last_error
+                           last_error = CASE WHEN %(status)s = 'delivered' THEN NULL
                                              ELSE COALESCE(%(error)s::text, last_error) END,
                            updated_at = %(now)s,
                            delivered_at = CASE WHEN %(status)s = 'delivered' THEN %(now)s
@@ -1002,7 +1149,7 @@ class PostgresStore(Store):
             "SELECT d.id, d.destination, d.status, d.attempts,"
             " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
             " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
-            " d.created_at, d.updated_at,"
+            " d.created_at, d.updated_at, c.erased_by,"
             " CASE WHEN d.status <> 'pending' THEN s.state END,"
             " CASE WHEN d.status <> 'pending' THEN s.detail END"
             " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
@@ -1218,6 +1365,13 @@ class PostgresStore(Store):
         if destination:
             where.append(sql.SQL("destination = %s"))
             args.append(destination)
+        # a conversion whose personal data is gone cannot be sent again (`relay retry` says so)
+        where.append(
+            sql.SQL(
+                "NOT EXISTS (SELECT 1 FROM conversions c WHERE c.id = deliveries.conversion_id"
+                " AND c.erased_at IS NOT NULL)"
+            )
+        )
         query = sql.SQL(
             "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = %s,"
             " sent_attempt = NULL, lease_until = NULL, lease_token = NULL, updated_at = %s"
@@ -1231,20 +1385,272 @@ class PostgresStore(Store):
         return count
 
     async def stats(self, now: float) -> dict[str, Any]:
+        """The trigger-kept counts (summed over shards) and one index probe per destination
+        with pending deliveries: no scan of `deliveries`."""
         async with self._conn("query failed") as conn:
             cur = await conn.execute(
-                "SELECT destination, status, count(*) FROM deliveries GROUP BY destination, status"
+                "SELECT destination, status, sum(n) FROM delivery_counts"
+                " GROUP BY destination, status HAVING sum(n) <> 0"
             )
-            by_status = {(dest, status): n for dest, status, n in await cur.fetchall()}
-            cur = await conn.execute(
-                "SELECT min(created_at) FROM deliveries WHERE status = 'pending'"
-            )
-            row = await cur.fetchone()
-        oldest = row[0] if row else None
+            by_status = {(dest, status): int(n) for dest, status, n in await cur.fetchall()}
+            pending = sorted({d for d, status in by_status if status == PENDING})
+            oldest = None
+            if pending:
+                cur = await conn.execute(
+                    "SELECT min(first) FROM unnest(%s::text[]) AS t (destination),"
+                    " LATERAL (SELECT min(created_at) AS first FROM deliveries d"
+                    "          WHERE d.status = 'pending' AND d.destination = t.destination) AS f",
+                    (pending,),
+                )
+                row = await cur.fetchone()
+                oldest = row[0] if row else None
         return {
             "by_status": by_status,
             "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
         }
+
+    async def compact(self) -> bool:
+        """Fold the per-connection counter rows into shard 0 (the shards of connections
+        long closed would otherwise pile up). Rows a writer holds are skipped (SKIP
+        LOCKED): no writer ever waits for this, nor this for a writer."""
+        async with self._conn("compact failed") as conn, conn.transaction():
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (COMPACT_LOCK,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                await conn.execute(_COMPACT_SQL)
+        return True
+
+    # ------------------------------------------------------------ retention and forget
+
+    async def retain(
+        self, cutoff: float, now: float, cursor: Any = None, limit: int = 500
+    ) -> Retained:
+        """One batch, as the SQLite backend does it, under a try-advisory lock: with several
+        processes one works and the others are told `busy`."""
+        async with self._conn("retention failed") as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK,))
+            row = await cur.fetchone()
+            if not (row and row[0]):
+                return Retained(done=True, busy=True, cursor=cursor)
+            if not cursor or cursor[0] == "conversions":
+                return await self._retain_conversions(conn, cutoff, now, cursor, limit)
+            if cursor[0] == "memory":
+                return await _retain_memory(conn, cutoff, limit)
+            result = await self._retain_events(conn, cutoff, now, limit)
+            if result.done:  # then the remembered attribution ids (_retain_memory)
+                result.done, result.cursor = False, ("memory",)
+            return result
+
+    async def _retain_conversions(
+        self, conn: psycopg.AsyncConnection[Any], cutoff: float, now: float, cursor: Any, limit: int
+    ) -> Retained:
+        result = Retained(done=False)
+        after_at, after_id = (cursor[1], cursor[2]) if cursor else (float("-inf"), 0)
+        cur = await conn.execute(
+            "SELECT c.id, c.occurred_at, c.event_row, c.data,"
+            " EXISTS (SELECT 1 FROM deliveries d WHERE d.conversion_id = c.id"
+            "         AND d.status = 'pending')"
+            " FROM conversions c WHERE c.erased_at IS NULL AND c.occurred_at < %s"
+            " AND (c.occurred_at, c.id) > (%s, %s)"
+            " ORDER BY c.occurred_at, c.id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
+            (cutoff, after_at, after_id, limit),
+        )
+        rows = await cur.fetchall()
+        erase = [(cid, event_row, raw) for cid, _, event_row, raw, pending in rows if not pending]
+        if erase:
+            await conn.execute(
+                "UPDATE conversions c SET data = t.data, erased_at = %s, erased_by = %s"
+                " FROM unnest(%s::bigint[], %s::bytea[]) AS t (id, data) WHERE c.id = t.id",
+                (
+                    now,
+                    RETENTION,
+                    [e[0] for e in erase],
+                    [erase_personal(Conversion.from_json(bytes(e[2]))).to_json() for e in erase],
+                ),
+            )
+            result.conversions = len(erase)
+            cur = await conn.execute(
+                "UPDATE events e SET body = ''::bytea, erased_at = %s"
+                " WHERE e.id = ANY(%s) AND e.erased_at IS NULL AND NOT EXISTS"
+                " (SELECT 1 FROM conversions c WHERE c.event_row = e.id AND c.erased_at IS NULL)",
+                (now, sorted({e[1] for e in erase})),
+            )
+            result.events = cur.rowcount
+        if len(rows) == limit:
+            result.cursor = ("conversions", rows[-1][1], rows[-1][0])
+        else:
+            result.cursor = ("events",)
+        return result
+
+    async def _retain_events(
+        self, conn: psycopg.AsyncConnection[Any], cutoff: float, now: float, limit: int
+    ) -> Retained:
+        result = Retained(done=False, cursor=("events",))
+        cur = await conn.execute("SELECT value FROM retention_state WHERE key = 'events'")
+        row = await cur.fetchone()
+        position = int(row[0]) if row else 0
+        cur = await conn.execute(
+            "SELECT e.id, e.received_at, e.erased_at IS NULL,"
+            " EXISTS (SELECT 1 FROM conversions c WHERE c.event_row = e.id AND c.erased_at IS NULL)"
+            " FROM events e WHERE e.id > %s ORDER BY e.id LIMIT %s",
+            (position, limit),
+        )
+        rows = await cur.fetchall()
+        erase = []
+        for eid, received_at, unerased, has_data in rows:
+            if received_at >= cutoff:  # ids follow arrival: the rest is younger
+                result.done = True
+                break
+            position = eid
+            if unerased and not has_data:  # with data: its conversions' erasure takes it
+                erase.append(eid)
+        else:
+            result.done = len(rows) < limit
+        if erase:
+            cur = await conn.execute(
+                "UPDATE events SET body = ''::bytea, erased_at = %s"
+                " WHERE id = ANY(%s) AND erased_at IS NULL",
+                (now, erase),
+            )
+            result.events = cur.rowcount
+        await conn.execute(
+            "INSERT INTO retention_state (key, value) VALUES ('events', %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (position,),
+        )
+        return result
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        async with self._conn("forget failed") as conn:
+            cur = await conn.execute(
+                "DELETE FROM attribution_memory WHERE customer_key = ANY(%s)", (keys,)
+            )
+            return cur.rowcount
+
+    async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
+        async with self._conn("forget failed") as conn:
+            # the distinct sources by jumps through the (source, customer_key) index
+            cur = await conn.execute(
+                "WITH RECURSIVE s (v) AS ("
+                " SELECT min(source) FROM conversions"
+                " UNION ALL SELECT (SELECT min(source) FROM conversions WHERE source > s.v)"
+                " FROM s WHERE s.v IS NOT NULL)"
+                " SELECT c.id, c.customer_key FROM s JOIN conversions c"
+                " ON c.source = s.v AND c.customer_key = ANY(%s)",
+                (keys,),
+            )
+            rows = await cur.fetchall()
+        ids = {r[0] for r in rows}
+        customers = {r[1][3:] for r in rows if r[1].startswith("id:")}
+        return ids, customers
+
+    async def _forget_scan_conversions(
+        self, email: str, cursor: Any, limit: int
+    ) -> tuple[set[int], set[str], Any]:
+        after_at, after_id = cursor or (float("-inf"), 0)
+        async with self._conn("forget failed") as conn:
+            cur = await conn.execute(
+                "SELECT id, occurred_at, data FROM conversions WHERE erased_at IS NULL"
+                " AND (occurred_at, id) > (%s, %s) ORDER BY occurred_at, id LIMIT %s",
+                (after_at, after_id, limit),
+            )
+            rows = await cur.fetchall()
+        ids: set[int] = set()
+        customers: set[str] = set()
+        needle = email.encode()
+        for cid, _, data in rows:
+            raw = bytes(data)
+            if needle in raw.lower() and mentions(raw, email):
+                ids.add(cid)
+                found = Conversion.from_json(raw).customer.id
+                if found:
+                    customers.add(found)
+        return ids, customers, ((rows[-1][1], rows[-1][0]) if len(rows) == limit else None)
+
+    async def _forget_scan_events(
+        self, email: str | None, customers: list[str], after: int, chunk: int
+    ) -> tuple[set[int], int | None]:
+        # encode(…, 'escape') never fails on bytes that are not UTF-8 and keeps ASCII as is
+        tests: list[sql.Composable] = []
+        args: list[Any] = [after, after + chunk]
+        if email:
+            tests.append(sql.SQL("strpos(lower(encode(body, 'escape')), %s) > 0"))
+            args.append(email)
+        for cid in customers:
+            tests.append(sql.SQL("position(%s::bytea IN body) > 0"))
+            args.append(f'"{cid}"'.encode())
+        query = sql.SQL(
+            "SELECT id, body FROM events WHERE id > %s AND id <= %s AND erased_at IS NULL"
+            " AND ({tests})"
+        ).format(tests=sql.SQL(" OR ").join(tests))
+        async with self._conn("forget failed") as conn:
+            cur = await conn.execute(query, args)
+            rows = await cur.fetchall()
+            cur = await conn.execute("SELECT max(id) FROM events")
+            last = (await cur.fetchone() or (0,))[0] or 0
+        found = {eid for eid, body in rows if mentions(bytes(body), email, customers)}
+        return found, (after + chunk if after + chunk < last else None)
+
+    async def _forget_chunk(
+        self, conversions: list[int], events: list[int], now: float
+    ) -> tuple[Forgotten, set[int], set[int]]:
+        changed = Forgotten()
+        own_events: set[int] = set()
+        async with self._conn("forget failed") as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            if conversions:
+                cur = await conn.execute(
+                    "SELECT id, event_row, data, erased_at, erased_by, customer_key"
+                    " FROM conversions WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    (conversions,),
+                )
+                ids, datas = [], []
+                for cid, event_row, data, erased_at, erased_by, key in await cur.fetchall():
+                    own_events.add(event_row)
+                    if erased_at is not None and erased_by == FORGET and key is None:
+                        continue
+                    raw = bytes(data)
+                    ids.append(cid)
+                    datas.append(
+                        raw
+                        if erased_at is not None
+                        else erase_personal(Conversion.from_json(raw)).to_json()
+                    )
+                if ids:
+                    await conn.execute(
+                        "UPDATE conversions c SET data = t.data,"
+                        " erased_at = coalesce(c.erased_at, %s), erased_by = %s,"
+                        " customer_key = NULL"
+                        " FROM unnest(%s::bigint[], %s::bytea[]) AS t (id, data) WHERE c.id = t.id",
+                        (now, FORGET, ids, datas),
+                    )
+                    changed.conversions = len(ids)
+                cur = await conn.execute(
+                    "UPDATE deliveries SET status = 'failed', last_error = %s, lease_until = NULL,"
+                    " lease_token = NULL, updated_at = %s"
+                    " WHERE status = 'pending' AND conversion_id = ANY(%s)",
+                    (ERASED_BY_FORGET, now, conversions),
+                )
+                changed.deliveries = cur.rowcount
+            targets = sorted(own_events | set(events))
+            if targets:
+                cur = await conn.execute(
+                    "UPDATE events SET body = ''::bytea, erased_at = coalesce(erased_at, %s)"
+                    " WHERE id = ANY(%s) AND (erased_at IS NULL OR length(body) > 0)",
+                    (now, targets),
+                )
+                changed.events = cur.rowcount
+            related: set[int] = set()
+            if own_events:
+                cur = await conn.execute(
+                    "SELECT id FROM conversions WHERE erased_at IS NULL AND event_row = ANY(%s)",
+                    (sorted(own_events),),
+                )
+                related = {r[0] for r in await cur.fetchall()}
+        return changed, related, set(targets)
 
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         # per_minute sends dated 60 s before `until` keep the window full until exactly then
@@ -1262,7 +1668,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
 
-    # ------------------------------------------------------------ submissions (schema 5)
+    # ------------------------------------------------------------ submissions (SCHEMA_SUBMISSIONS)
 
     async def claim_submissions(
         self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
@@ -1552,7 +1958,7 @@ class PostgresStore(Store):
             delay = min(delay * 2, LISTEN_BACKOFF[1])
 
 
-# ---------------------------------------------------------------- submissions (schema 5)
+# ---------------------------------------------------------------- submissions (SCHEMA_SUBMISSIONS)
 
 
 @contextlib.asynccontextmanager
@@ -1621,3 +2027,13 @@ async def _follow(
     )
     if not was_following:
         await _count(conn, destination, FOLLOWING, "", "", 1)
+
+
+async def _retain_memory(conn: psycopg.AsyncConnection[Any], cutoff: float, limit: int) -> Retained:
+    """Retention's last phase: remembered ids neither written nor used since the cutoff."""
+    cur = await conn.execute(
+        "DELETE FROM attribution_memory WHERE ctid IN"
+        " (SELECT ctid FROM attribution_memory WHERE seen_at < %s LIMIT %s)",
+        (cutoff, limit),
+    )
+    return Retained(memories=cur.rowcount, done=cur.rowcount < limit, cursor=("memory",))

@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 5).
+-- relay ledger, PostgreSQL flavour (schema version 6).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -59,7 +59,7 @@ ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS sent_attempt integer;
 
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 5 step in postgres.py)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -119,7 +119,7 @@ BEGIN
 END;
 $$;
 
--- ---------------------------------------------------------------- version 5
+-- ---------------------------------------------------------------- version 6 (SCHEMA_SUBMISSIONS)
 -- impact.com outcomes and reversals, attribution memory (PostgresStore._migrate fills
 -- link_ref for the rows already there when it upgrades from an older version).
 -- The value a refund shares with the purchase it refunds (relay/refunds.py link_ref).
@@ -166,6 +166,7 @@ CREATE TABLE IF NOT EXISTS attribution_memory (
     conversion_id bigint,
     created_at    double precision NOT NULL,
     updated_at    double precision NOT NULL,
-    used_at       double precision,
+    seen_at       double precision NOT NULL,  -- the latest conversion time that wrote or used it
     PRIMARY KEY (source, customer_key)
 );
+CREATE INDEX IF NOT EXISTS attribution_memory_seen ON attribution_memory (seen_at);

@@ -18,6 +18,11 @@ power loss, not only a process crash.
 
 Several processes may share the file (`relay serve --no-worker` plus `relay
 worker`): writes take the lock with BEGIN IMMEDIATE and wait `busy_timeout`.
+
+Personal data: a new file (and so its -wal and -shm, which SQLite creates with the
+file's mode) is readable by its owner only; `secure_delete` is on, so what retention and
+`relay forget` erase is overwritten in the file, and `compact`/`forget` checkpoint and
+truncate the WAL so no older copy of a page stays there.
 """
 
 from __future__ import annotations
@@ -44,35 +49,45 @@ from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
     DELIVERED,
+    ERASED_BY_FORGET,
     FAILED,
     FOLLOWING,
+    FORGET,
     PENDING,
     REJECTED_THERE,
     RESEND,
     RESEND_DETAIL,
+    RETENTION,
     Attempt,
     Claim,
     DeliveryRow,
     EventRecord,
     FollowUp,
+    Forgotten,
     ReconcileState,
     Recorded,
     RefundSibling,
     RefundTarget,
+    Retained,
     Settlement,
     Store,
     StoredEvent,
     SubmissionClaim,
     SubmissionResult,
     customer_key,
+    erase_personal,
     memory_kind,
+    mentions,
     reason_label,
     remembered,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 5  # 4: reconcile_state (created by sqlite.sql's CREATE TABLE IF NOT EXISTS)
-SCHEMA_SUBMISSIONS = 5  # the version `_upgrade_submissions` brings (renumber here)
+SCHEMA_VERSION = 6  # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: submissions
+ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (see _upgrade_erasure)
+SCHEMA_SUBMISSIONS = 6  # the version `_upgrade_submissions` brings (renumber here)
+WAL_TRUNCATE_WAIT = 0.5  # seconds one `compact` try waits for other processes' readers…
+WAL_TRUNCATE_TRIES = 4  # …and how many tries before it is left to the next run
 MAX_BATCH = 512
 WATCH_SECONDS = 0.1  # how often `watch` looks for other processes' commits
 T = TypeVar("T")
@@ -95,7 +110,7 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_submissions(conn: sqlite3.Connection, from_version: int | None) -> None:
-    """Schema 5 (SCHEMA_SUBMISSIONS): impact.com outcomes and reversals, attribution memory.
+    """SCHEMA_SUBMISSIONS: impact.com outcomes and reversals, attribution memory.
 
     - `conversions.link_ref`: the value a refund shares with the purchase it refunds
       (relay/refunds.py `link_ref`), indexed; filled in for the rows already there.
@@ -160,9 +175,10 @@ _SUBMISSIONS_DDL = (
         conversion_id INTEGER,
         created_at    REAL NOT NULL,
         updated_at    REAL NOT NULL,
-        used_at       REAL,
+        seen_at       REAL NOT NULL,
         PRIMARY KEY (source, customer_key)
     )""",
+    "CREATE INDEX IF NOT EXISTS attribution_memory_seen ON attribution_memory (seen_at)",
 )
 
 
@@ -179,6 +195,8 @@ class SQLiteStore(Store):
         self.busy_timeout_ms = int(query.get("busy_timeout", ["5000"])[0])
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        # jobs that must run with no transaction open (a WAL checkpoint), between batches
+        self._outside: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._kick: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._wakes: list[Callable[[], None]] = []  # `watch` callbacks
@@ -223,6 +241,7 @@ class SQLiteStore(Store):
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
@@ -233,6 +252,8 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Erased personal data is overwritten, not only unlinked (retention, forget).
+            conn.execute("PRAGMA secure_delete = ON")
             self._migrate(conn)
             # From now on a busy lock fails at once and `_begin` waits for it off the loop.
             conn.execute("PRAGMA busy_timeout = 0")
@@ -260,6 +281,8 @@ class SQLiteStore(Store):
                 if column not in columns:  # version 1 → 2
                     conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
             _upgrade_event_status(conn)
+            if row[0] is None or row[0] < ERASURE_VERSION:
+                _upgrade_erasure(conn)
             _upgrade_submissions(conn, row[0])
             if row[0] != SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
@@ -280,6 +303,18 @@ class SQLiteStore(Store):
                         for wake in self._wakes:
                             wake()
                     seen_version = version
+            while self._outside:
+                fn, args, fut = self._outside.pop(0)
+                if fut.done():
+                    continue
+                try:
+                    value = await self._in_thread(fn, conn, *args)
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(StoreError(f"database error: {exc}"))
+                else:
+                    if not fut.done():
+                        fut.set_result(value)
             if not self._pending:
                 if self._closed:
                     return
@@ -429,6 +464,16 @@ class SQLiteStore(Store):
         self._kick.set()
         return await fut
 
+    async def _call_outside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` on the store's thread between batches, no transaction open."""
+        if self._runner is None or self._closed or self._runner.done():
+            raise StoreError("store is not open")
+        assert self._kick is not None
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._outside.append((fn, args, fut))
+        self._kick.set()
+        return await fut
+
     # ------------------------------------------------------------ interface
 
     async def watch(self, wake: Callable[[], None]) -> None:
@@ -554,6 +599,45 @@ class SQLiteStore(Store):
     async def stats(self, now: float) -> dict[str, Any]:
         return await self._call(_stats, now)
 
+    async def retain(
+        self, cutoff: float, now: float, cursor: Any = None, limit: int = 500
+    ) -> Retained:
+        return await self._call(_retain, cutoff, now, cursor, limit)
+
+    # forget: the steps Store.forget runs, each in its own short transaction
+
+    async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
+        return await self._call(_by_customer_keys, keys)
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        return await self._call(_forget_memory, keys) if keys else 0
+
+    async def _forget_scan_conversions(
+        self, email: str, cursor: Any, limit: int
+    ) -> tuple[set[int], set[str], Any]:
+        return await self._call(_scan_conversions, email, cursor, limit)
+
+    async def _forget_scan_events(
+        self, email: str | None, customers: list[str], after: int, chunk: int
+    ) -> tuple[set[int], int | None]:
+        return await self._call(_scan_events, email, customers, after, chunk)
+
+    async def _forget_chunk(
+        self, conversions: list[int], events: list[int], now: float
+    ) -> tuple[Forgotten, set[int], set[int]]:
+        return await self._call(_forget_chunk, conversions, events, now)
+
+    async def compact(self) -> bool:
+        """Checkpoint the WAL into the file and truncate it, so pages holding erased data
+        stay in no -wal file. Another process in a long read postpones it: a few short
+        tries (the ledger is free for others in between), then False (the next run does it)."""
+        for _ in range(WAL_TRUNCATE_TRIES):
+            if await self._call_outside(_truncate_wal, WAL_TRUNCATE_WAIT):
+                return True
+            await asyncio.sleep(0.2)
+        log.warning("store: the WAL could not be truncated now (another process is reading)")
+        return False
+
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         await self._call(_rate_block, key, per_minute, until)
 
@@ -608,6 +692,72 @@ class SQLiteStore(Store):
         if not keys:
             return set()
         return await self._call(_existing, source, tuple(keys))
+
+
+# ---------------------------------------------------------------- file and schema steps
+
+
+def _create_private(path: str) -> None:
+    """Create a missing ledger file readable by its owner only (SQLite gives its -wal and
+    -shm the file's mode). An existing file keeps its mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+# Version 5 (ERASURE_VERSION): delivery counts kept exact by triggers, so `stats` (/metrics)
+# costs the same at 10 deliveries and at 10M whatever code path writes deliveries; the
+# oldest pending age from an index; erasure marks and the indexes retention walks.
+_ERASURE_STEP = (
+    """CREATE TABLE IF NOT EXISTS delivery_counts (
+        destination TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (destination, status)) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS deliveries_count_insert AFTER INSERT ON deliveries BEGIN
+        INSERT INTO delivery_counts (destination, status, n) VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS deliveries_count_update AFTER UPDATE OF status, destination
+        ON deliveries
+        WHEN OLD.status IS NOT NEW.status OR OLD.destination IS NOT NEW.destination BEGIN
+        UPDATE delivery_counts SET n = n - 1
+         WHERE destination = OLD.destination AND status = OLD.status;
+        INSERT INTO delivery_counts (destination, status, n) VALUES (NEW.destination, NEW.status, 1)
+            ON CONFLICT (destination, status) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS deliveries_count_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE delivery_counts SET n = n - 1
+         WHERE destination = OLD.destination AND status = OLD.status;
+    END""",
+    # replaces deliveries_status (status, destination): the same lookups, plus the oldest
+    # pending delivery of a destination in O(log n) — no extra index to write
+    "CREATE INDEX IF NOT EXISTS deliveries_status_age"
+    " ON deliveries (status, destination, created_at)",
+    "DROP INDEX IF EXISTS deliveries_status",
+    # retention walks the conversions not erased yet by conversion time; forget and
+    # retention find an event's other conversions. Both shrink as rows are erased.
+    "CREATE INDEX IF NOT EXISTS conversions_retention ON conversions (occurred_at)"
+    " WHERE erased_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS conversions_event ON conversions (event_row)"
+    " WHERE erased_at IS NULL",
+    # how far retention's walk over the events has come (events without conversions)
+    "CREATE TABLE IF NOT EXISTS retention_state (key TEXT PRIMARY KEY, value REAL NOT NULL)",
+    # the counts, built once from the table (exact: the write lock is held until COMMIT)
+    "DELETE FROM delivery_counts",
+    "INSERT INTO delivery_counts (destination, status, n)"
+    " SELECT destination, status, count(*) FROM deliveries GROUP BY destination, status",
+)
+
+
+def _upgrade_erasure(conn: sqlite3.Connection) -> None:
+    """Schema step to ERASURE_VERSION, inside `_migrate`'s transaction (also on a new file)."""
+    for table, column, kind in (
+        ("events", "erased_at", "REAL"),
+        ("conversions", "erased_at", "REAL"),
+        ("conversions", "erased_by", "TEXT"),
+    ):
+        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for statement in _ERASURE_STEP:
+        conn.execute(statement)
 
 
 # ---------------------------------------------------------------- statements (writer thread)
@@ -739,22 +889,26 @@ def _remember(
 ) -> None:
     """Attribution memory, in the record's transaction: a conversion that brought ids of
     its own is remembered (`first`: only if nothing is yet; `last`: replacing); one that
-    was given remembered ids marks the memory as used (retention counts from then)."""
+    was given remembered ids keeps the memory alive. `seen_at` is the latest conversion
+    time that wrote or used it: retention removes a memory seen before its cutoff."""
+    seen = conversion.occurred_at.timestamp()
     if "attribution_memory" in conversion.refs:
         conn.execute(
-            "UPDATE attribution_memory SET used_at = ? WHERE source = ? AND customer_key = ?",
-            (now, conversion.source, ckey),
+            "UPDATE attribution_memory SET seen_at = max(seen_at, ?)"
+            " WHERE source = ? AND customer_key = ?",
+            (seen, conversion.source, ckey),
         )
     elif conversion.attribution:
         update = (
             "DO UPDATE SET attribution = excluded.attribution,"
-            " conversion_id = excluded.conversion_id, updated_at = excluded.updated_at"
+            " conversion_id = excluded.conversion_id, updated_at = excluded.updated_at,"
+            " seen_at = max(seen_at, excluded.seen_at)"
             if memory == "last"
             else "DO NOTHING"
         )
         conn.execute(
             "INSERT INTO attribution_memory (source, customer_key, attribution, conversion_id,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?)"
+            " created_at, updated_at, seen_at) VALUES (?,?,?,?,?,?,?)"
             f" ON CONFLICT (source, customer_key) {update}",
             (
                 conversion.source,
@@ -763,8 +917,28 @@ def _remember(
                 conversion_id,
                 now,
                 now,
+                seen,
             ),
         )
+
+
+def _retain_memory(conn: sqlite3.Connection, cutoff: float, limit: int) -> Retained:
+    """Retention's last phase: remembered ids neither written nor used since the cutoff."""
+    cur = conn.execute(
+        "DELETE FROM attribution_memory WHERE rowid IN"
+        " (SELECT rowid FROM attribution_memory WHERE seen_at < ? LIMIT ?)",
+        (cutoff, limit),
+    )
+    return Retained(memories=cur.rowcount, done=cur.rowcount < limit, cursor=("memory",))
+
+
+def _forget_memory(conn: sqlite3.Connection, keys: list[str]) -> int:
+    """`forget`: the buyer's remembered ids, under any of their customer keys."""
+    marks = ",".join("?" * len(keys))
+    return conn.execute(
+        f"DELETE FROM attribution_memory WHERE customer_key IN ({marks})",  # noqa: S608
+        keys,
+    ).rowcount
 
 
 _EVENT_COLUMNS = "id, source, event_id, event_type, status, reason, received_at, replayed_at"
@@ -876,14 +1050,14 @@ def _without_delivery(
 def _add_deliveries(
     conn: sqlite3.Connection, destination: str, conversion_ids: tuple[int, ...], now: float
 ) -> int:
-    before = conn.total_changes
-    conn.executemany(
+    # rowcount, not total_changes: the delivery-count triggers' writes are not deliveries
+    cur = conn.executemany(
         "INSERT INTO deliveries (conversion_id, destination, status, next_attempt_at,"
         " created_at, updated_at) SELECT id, ?, ?, ?, ?, ? FROM conversions WHERE id = ?"
         " ON CONFLICT (conversion_id, destination) DO NOTHING",
         [(destination, PENDING, now, now, now, cid) for cid in conversion_ids],
     )
-    return conn.total_changes - before
+    return cur.rowcount
 
 
 def _resend(conn: sqlite3.Connection, ids: tuple[int, ...], now: float) -> list[int]:
@@ -936,15 +1110,16 @@ def _claim(
         return []
     ids = {r[1] for r in rows}
     data = dict(
-        (r[0], (r[1], r[2]))
+        (r[0], (r[1], r[2], r[3]))
         for r in conn.execute(
-            f"SELECT id, data, created_at FROM conversions WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+            "SELECT id, data, created_at, erased_by FROM conversions"  # noqa: S608
+            f" WHERE id IN ({','.join('?' * len(ids))})",
             tuple(ids),
         )
     )
     claims = []
     for delivery_id, conversion_id, destination, attempts, recovered, in_doubt in rows:
-        raw, created = data[conversion_id]
+        raw, created, erased = data[conversion_id]
         claims.append(
             Claim(
                 delivery_id=delivery_id,
@@ -956,6 +1131,7 @@ def _claim(
                 created_at=created,
                 recovered=bool(recovered),
                 in_doubt=bool(in_doubt),
+                erased=erased,
             )
         )
     return claims
@@ -968,7 +1144,7 @@ def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -
            SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
                attempts = attempts - ?, lease_until = NULL, lease_token = NULL, recovered = 0, in_doubt = 0,
                last_status_code = COALESCE(?, last_status_code),
-               last_error = CASE WHEN ? = 'delivered' THEN last_error ELSE COALESCE(?, last_error) END,
+               last_error = CASE WHEN ? = 'delivered' THEN NULL ELSE COALESCE(?, last_error) END,
                updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
          WHERE id = ? AND lease_token = ?
         """,
@@ -1053,7 +1229,8 @@ def _deliveries(
     sql = (
         "SELECT d.id, d.destination, d.status, d.attempts,"
         " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
-        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at, d.updated_at,"
+        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at,"
+        " d.updated_at, c.erased_by,"
         " CASE WHEN d.status <> 'pending' THEN s.state END,"
         " CASE WHEN d.status <> 'pending' THEN s.detail END"
         " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
@@ -1089,6 +1266,11 @@ def _requeue(
     if destination:
         where.append("destination = ?")
         args.append(destination)
+    # a conversion whose personal data is gone cannot be sent again (`relay retry` says so)
+    where.append(
+        "NOT EXISTS (SELECT 1 FROM conversions c WHERE c.id = deliveries.conversion_id"
+        " AND c.erased_at IS NOT NULL)"
+    )
     cur = conn.execute(
         "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"  # noqa: S608
         " sent_attempt = NULL, lease_until = NULL, lease_token = NULL, updated_at = ? WHERE "
@@ -1099,19 +1281,252 @@ def _requeue(
 
 
 def _stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """From the trigger-kept counts and one index probe per destination with pending
+    deliveries: no scan of `deliveries`."""
     by_status = {
         (dest, status): n
         for dest, status, n in conn.execute(
-            "SELECT destination, status, count(*) FROM deliveries GROUP BY destination, status"
+            "SELECT destination, status, n FROM delivery_counts WHERE n <> 0"
         )
     }
-    oldest = conn.execute(
-        "SELECT min(created_at) FROM deliveries WHERE status = 'pending'"
-    ).fetchone()[0]
+    oldest = None
+    for dest in sorted({d for d, status in by_status if status == PENDING}):
+        first = conn.execute(
+            "SELECT min(created_at) FROM deliveries WHERE status = 'pending' AND destination = ?",
+            (dest,),
+        ).fetchone()[0]
+        if first is not None and (oldest is None or first < oldest):
+            oldest = first
     return {
         "by_status": by_status,
         "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
     }
+
+
+# ---------------------------------------------------------------- retention and forget
+
+
+def _retain(
+    conn: sqlite3.Connection, cutoff: float, now: float, cursor: Any, limit: int
+) -> Retained:
+    """One batch: first the conversions (by conversion time, from `cursor`), then the
+    events without conversions (from the walk's saved position)."""
+    result = Retained(done=False)
+    phase = cursor[0] if cursor else "conversions"
+    if phase == "memory":
+        return _retain_memory(conn, cutoff, limit)
+    if phase == "conversions":
+        after_at, after_id = (cursor[1], cursor[2]) if cursor else (float("-inf"), 0)
+        rows = conn.execute(
+            "SELECT c.id, c.occurred_at, c.event_row, c.data,"
+            " EXISTS (SELECT 1 FROM deliveries d WHERE d.conversion_id = c.id"
+            "         AND d.status = 'pending')"
+            " FROM conversions c WHERE c.erased_at IS NULL AND c.occurred_at < ?"
+            " AND (c.occurred_at > ? OR (c.occurred_at = ? AND c.id > ?))"
+            " ORDER BY c.occurred_at, c.id LIMIT ?",
+            (cutoff, after_at, after_at, after_id, limit),
+        ).fetchall()
+        events = set()
+        for cid, _, event_row, raw, pending in rows:
+            if pending:  # not settled yet: a later run takes it
+                continue
+            conn.execute(
+                "UPDATE conversions SET data = ?, erased_at = ?, erased_by = ? WHERE id = ?",
+                (erase_personal(Conversion.from_json(raw)).to_json(), now, RETENTION, cid),
+            )
+            result.conversions += 1
+            events.add(event_row)
+        for event_row in sorted(events):  # an event goes once none of its conversions keeps data
+            result.events += _erase_event_if_done(conn, event_row, now)
+        if len(rows) == limit:
+            result.cursor = ("conversions", rows[-1][1], rows[-1][0])
+            return result
+        result.cursor = ("events",)
+        return result
+    row = conn.execute("SELECT value FROM retention_state WHERE key = 'events'").fetchone()
+    position = int(row[0]) if row else 0
+    rows = conn.execute(
+        "SELECT e.id, e.received_at, e.erased_at IS NULL,"
+        " EXISTS (SELECT 1 FROM conversions c WHERE c.event_row = e.id AND c.erased_at IS NULL)"
+        " FROM events e WHERE e.id > ? ORDER BY e.id LIMIT ?",
+        (position, limit),
+    ).fetchall()
+    for eid, received_at, unerased, has_data in rows:
+        if received_at >= cutoff:  # ids follow arrival: the rest is younger
+            result.done = True
+            break
+        position = eid
+        if unerased and not has_data:  # with data: its conversions' erasure takes it
+            conn.execute("UPDATE events SET body = x'', erased_at = ? WHERE id = ?", (now, eid))
+            result.events += 1
+    else:
+        result.done = len(rows) < limit
+    conn.execute(
+        "INSERT INTO retention_state (key, value) VALUES ('events', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (position,),
+    )
+    result.cursor = ("events",)
+    if result.done:  # then the remembered attribution ids (_retain_memory)
+        result.done, result.cursor = False, ("memory",)
+    return result
+
+
+def _erase_event_if_done(conn: sqlite3.Connection, event_row: int, now: float) -> int:
+    cur = conn.execute(
+        "UPDATE events SET body = x'', erased_at = ? WHERE id = ? AND erased_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM conversions c WHERE c.event_row = ?"
+        "                 AND c.erased_at IS NULL)",
+        (now, event_row, event_row),
+    )
+    return cur.rowcount
+
+
+def _sources(conn: sqlite3.Connection) -> list[str]:
+    """The distinct sources of the conversions, by jumps through the customer index."""
+    found: list[str] = []
+    row = conn.execute("SELECT min(source) FROM conversions").fetchone()
+    while row[0] is not None:
+        found.append(row[0])
+        row = conn.execute(
+            "SELECT min(source) FROM conversions WHERE source > ?", (row[0],)
+        ).fetchone()
+    return found
+
+
+def _by_customer_keys(conn: sqlite3.Connection, keys: list[str]) -> tuple[set[int], set[str]]:
+    """Conversions (erased or not) with these customer keys, and the customer ids they name."""
+    ids: set[int] = set()
+    customers: set[str] = set()
+    marks = ",".join("?" * len(keys))
+    for source in _sources(conn):
+        for cid, key in conn.execute(
+            f"SELECT id, customer_key FROM conversions WHERE source = ?"  # noqa: S608
+            f" AND customer_key IN ({marks})",
+            (source, *keys),
+        ):
+            ids.add(cid)
+            if key.startswith("id:"):
+                customers.add(key[3:])
+    return ids, customers
+
+
+def _scan_conversions(
+    conn: sqlite3.Connection, email: str, cursor: Any, limit: int
+) -> tuple[set[int], set[str], Any]:
+    """One chunk of the conversions still holding data, looking for the email."""
+    after_at, after_id = cursor or (float("-inf"), 0)
+    rows = conn.execute(
+        "SELECT id, occurred_at, data FROM conversions WHERE erased_at IS NULL"
+        " AND (occurred_at > ? OR (occurred_at = ? AND id > ?))"
+        " ORDER BY occurred_at, id LIMIT ?",
+        (after_at, after_at, after_id, limit),
+    ).fetchall()
+    ids: set[int] = set()
+    customers: set[str] = set()
+    needle = email.encode()
+    for cid, _, raw in rows:
+        if needle in bytes(raw).lower() and mentions(raw, email):
+            ids.add(cid)
+            found = Conversion.from_json(raw).customer.id
+            if found:
+                customers.add(found)
+    return ids, customers, ((rows[-1][1], rows[-1][0]) if len(rows) == limit else None)
+
+
+def _scan_events(
+    conn: sqlite3.Connection,
+    email: str | None,
+    customers: list[str],
+    after: int,
+    chunk: int,
+) -> tuple[set[int], int | None]:
+    """One id range of the stored bodies, looking for the email or a customer id."""
+    tests, args = [], []
+    if email:
+        tests.append("instr(lower(CAST(body AS TEXT)), ?) > 0")
+        args.append(email)
+    for cid in customers:
+        tests.append("instr(CAST(body AS TEXT), ?) > 0")
+        args.append(f'"{cid}"')
+    last = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+    found = {
+        eid
+        for eid, body in conn.execute(
+            "SELECT id, body FROM events WHERE id > ? AND id <= ? AND erased_at IS NULL"  # noqa: S608
+            " AND (" + " OR ".join(tests) + ")",
+            (after, after + chunk, *args),
+        )
+        if mentions(body, email, customers)
+    }
+    return found, (after + chunk if after + chunk < last else None)
+
+
+def _forget_chunk(
+    conn: sqlite3.Connection, conversions: list[int], events: list[int], now: float
+) -> tuple[Forgotten, set[int], set[int]]:
+    """Erase these conversions (and unlink their customer key), fail their pending
+    deliveries, erase their events' bodies and these other events' bodies. Returns the
+    counts, the other conversions of those events, and the events erased."""
+    changed = Forgotten()
+    own_events: set[int] = set()
+    if conversions:
+        marks = ",".join("?" * len(conversions))
+        rows = conn.execute(
+            f"SELECT id, event_row, data, erased_at, erased_by, customer_key FROM conversions"  # noqa: S608
+            f" WHERE id IN ({marks})",
+            conversions,
+        ).fetchall()
+        for cid, event_row, raw, erased_at, erased_by, key in rows:
+            own_events.add(event_row)
+            if erased_at is not None and erased_by == FORGET and key is None:
+                continue
+            data = (
+                raw
+                if erased_at is not None
+                else erase_personal(Conversion.from_json(raw)).to_json()
+            )
+            conn.execute(
+                "UPDATE conversions SET data = ?, erased_at = coalesce(erased_at, ?),"
+                " erased_by = ?, customer_key = NULL WHERE id = ?",
+                (data, now, FORGET, cid),
+            )
+            changed.conversions += 1
+        changed.deliveries = conn.execute(
+            f"UPDATE deliveries SET status = 'failed', last_error = ?, lease_until = NULL,"  # noqa: S608
+            f" lease_token = NULL, updated_at = ? WHERE status = 'pending'"
+            f" AND conversion_id IN ({marks})",
+            (ERASED_BY_FORGET, now, *conversions),
+        ).rowcount
+    targets = sorted(own_events | set(events))
+    for eid in targets:
+        changed.events += conn.execute(
+            "UPDATE events SET body = x'', erased_at = coalesce(erased_at, ?)"
+            " WHERE id = ? AND (erased_at IS NULL OR length(body) > 0)",
+            (now, eid),
+        ).rowcount
+    related: set[int] = set()
+    if own_events:
+        marks = ",".join("?" * len(own_events))
+        related = {
+            r[0]
+            for r in conn.execute(
+                f"SELECT id FROM conversions WHERE erased_at IS NULL"  # noqa: S608
+                f" AND event_row IN ({marks})",
+                sorted(own_events),
+            )
+        }
+    return changed, related, set(targets)
+
+
+def _truncate_wal(conn: sqlite3.Connection, wait: float) -> bool:
+    """PRAGMA wal_checkpoint(TRUNCATE), waiting up to `wait` for other processes' readers."""
+    conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
+    return busy == 0
 
 
 def _rate_block(conn: sqlite3.Connection, key: str, per_minute: int, until: float) -> None:
@@ -1138,7 +1553,7 @@ def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: floa
     return max(0.001, oldest + 60.0 - now)
 
 
-# ---------------------------------------------------------------- submissions (schema 5)
+# ---------------------------------------------------------------- submissions (SCHEMA_SUBMISSIONS)
 
 
 def _count(

@@ -1,7 +1,7 @@
--- relay ledger, SQLite flavour (schema version 4; the tables of version 5 are created by
--- SQLiteStore._upgrade_submissions)
--- Columns added after version 1 are also added to existing files by SQLiteStore._migrate;
--- indexes on them are created there, after the columns exist.
+-- relay ledger, SQLite flavour (schema version 5; columns and steps added after version 1
+-- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
+-- The tables of version 6 (impact.com submissions, attribution memory) are created by
+-- SQLiteStore._upgrade_submissions.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON deliveries (destination, next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, destination);
+-- (deliveries by status: deliveries_status_age, created by the version 5 step)
 
 CREATE TABLE IF NOT EXISTS attempts (
     id           INTEGER PRIMARY KEY,

@@ -5,6 +5,7 @@ keeping transaction_id, and the API secret never shown."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,6 +29,13 @@ from tests.destinations.adruns import (
 from tests.emulators.ga4 import GA4Emulator
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is the time each test starts, not the time the module was imported (the
+    sample conversions are dated a few minutes before the moment they are built)."""
+    monkeypatch.setattr(sys.modules[__name__], "NOW", datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")

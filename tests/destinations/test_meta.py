@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,13 @@ from tests.destinations.adruns import (
 from tests.emulators.meta import MetaEmulator
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is the time each test starts, not the time the module was imported (the
+    sample conversions are dated a few minutes before the moment they are built)."""
+    monkeypatch.setattr(sys.modules[__name__], "NOW", datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")

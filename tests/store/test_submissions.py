@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -40,12 +40,13 @@ URI = "/Advertisers/IRsid/APISubmissions/A-1"
 
 def sale(order: str, *, kind: str = "purchase", pi: str | None = None, total: str = "40.00",
          customer: str | None = "cus_1", attribution: dict[str, str] | None = None,
-         source: str = "stripe", refs: dict[str, str] | None = None) -> Conversion:
+         source: str = "stripe", refs: dict[str, str] | None = None, days_ago: float = 0) -> Conversion:
     extra = dict(refs or {})
     if pi:
         extra["payment_intent"] = pi
+    when = datetime.now(UTC) - timedelta(days=days_ago)
     return Conversion(
-        source=source, kind=kind, order_key=order, occurred_at=datetime.now(UTC), currency="USD",
+        source=source, kind=kind, order_key=order, occurred_at=when, currency="USD",
         total=Decimal(total), customer=Customer(id=customer), attribution=attribution or {},
         refs=extra,
     )
@@ -226,6 +227,39 @@ async def test_memory_within_one_batch_of_concurrent_webhooks(store: Store) -> N
     )
     found = await store.conversions_by_key([("stripe", "subscription_renewed", f"in_b{n}") for n in range(3)])
     assert [c.attribution for c in found.values()] == [{"irclickid": "click-b"}] * 3
+
+
+async def test_retention_keeps_a_memory_in_use_and_removes_one_gone_quiet(store: Store) -> None:
+    await record(store, sale("cs_old", customer="cus_old", attribution={"irclickid": "old"}, days_ago=40))
+    await record(store, sale("cs_kept", customer="cus_kept", attribution={"irclickid": "kept"},
+                             days_ago=40))
+    # cus_kept renewed 10 days ago with the remembered ids: the memory is in use.
+    await record(store, sale("in_kept", kind="subscription_renewed", customer="cus_kept", days_ago=10))
+    now, cursor, removed = time.time(), None, 0
+    for claim in await store.claim(["impact"], 100, 30, now):  # settled: retention may take them
+        await store.settle(claim, Settlement(DELIVERED, status_code=200), now)
+    while True:
+        batch = await store.retain(now - 30 * 86400, now, cursor, 1)
+        removed += batch.memories
+        if batch.done:
+            break
+        cursor = batch.cursor
+    assert removed == 1
+    await record(store, sale("in_old", kind="subscription_renewed", customer="cus_old"),
+                 sale("in_kept2", kind="subscription_renewed", customer="cus_kept"))
+    found = await store.conversions_by_key([("stripe", "subscription_renewed", k) for k in ("in_old", "in_kept2")])
+    assert {k[2]: c.attribution for k, c in found.items()} == {"in_old": {}, "in_kept2": {"irclickid": "kept"}}
+
+
+async def test_forget_removes_the_buyers_remembered_ids(store: Store) -> None:
+    await record(store, sale("cs_f", customer="cus_forget", attribution={"irclickid": "theirs"}))
+    await record(store, sale("cs_g", customer="cus_other", attribution={"irclickid": "others"}))
+    forgotten = await store.forget(customer_id="cus_forget", now=time.time())
+    assert forgotten.memories == 1 and forgotten.conversions == 1
+    await record(store, sale("in_f", kind="subscription_renewed", customer="cus_forget"),
+                 sale("in_g", kind="subscription_renewed", customer="cus_other"))
+    found = await store.conversions_by_key([("stripe", "subscription_renewed", k) for k in ("in_f", "in_g")])
+    assert {k[2]: c.attribution for k, c in found.items()} == {"in_f": {}, "in_g": {"irclickid": "others"}}
 
 
 async def test_an_older_ledger_is_upgraded_in_place_and_old_purchases_are_found(store_url: str) -> None:
