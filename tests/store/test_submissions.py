@@ -273,7 +273,7 @@ async def test_an_older_ledger_is_upgraded_in_place_and_old_purchases_are_found(
         "DROP TABLE attribution_memory",
         "DROP INDEX conversions_link",
         "ALTER TABLE conversions DROP COLUMN link_ref",
-        "UPDATE schema_version SET version = 4",
+        "UPDATE schema_version SET version = 5",
     ]
     if store_url.startswith("sqlite"):
         with sqlite3.connect(store_url.split("sqlite:///", 1)[1]) as conn:
