@@ -1,5 +1,7 @@
--- relay ledger, SQLite flavour (schema version 6; columns and steps added after version 1
+-- relay ledger, SQLite flavour (schema version 7; columns and steps added after version 1
 -- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
+-- The tables of version 7 (impact.com submissions, attribution memory) are created by
+-- SQLiteStore._upgrade_submissions.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
