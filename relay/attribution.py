@@ -33,4 +33,9 @@ def extract(metadata: dict[str, str], settings: AttributionSettings) -> dict[str
 
 
 def attach(conversion: Conversion, settings: AttributionSettings) -> Conversion:
-    return conversion.replace(attribution=extract(conversion.metadata, settings))
+    """The ids found in the metadata; ids the source set itself (a Stripe Checkout
+    Session's client_reference_id, RELAY_STRIPE__CLIENT_REFERENCE_ID_KEY) stay where the
+    metadata has none of its own."""
+    return conversion.replace(
+        attribution={**conversion.attribution, **extract(conversion.metadata, settings)}
+    )

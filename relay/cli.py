@@ -21,6 +21,7 @@ from relay.store import (
     DELIVERED,
     EVENT_STATUSES,
     FAILED,
+    FOLLOW_UP,
     IGNORED,
     PENDING,
     QUARANTINED,
@@ -369,20 +370,35 @@ def deliveries(settings: Settings, args: argparse.Namespace) -> None:
     )
     for r in rows:
         when = r.next_attempt_at if r.status == "pending" else r.updated_at
-        err = (r.last_error or "").replace("\n", " ")[:120]
+        err = (_confirmation(r) or r.last_error or "").replace("\n", " ")[:120]
         print(
             f"{r.id:>6}  {r.destination:<10} {r.status:<9} {r.attempts:>5}  {_stamp(when):<20} "
             f"{r.kind:<22} {r.order_key}  {err}"
         )
-    for n, a in enumerate(attempts, start=1):
+    n = looks = 0
+    for a in attempts:
         if a.outcome == "resend":
             print(f"  {_stamp(a.started_at)}  {a.detail}")
             continue
         code = a.status_code if a.status_code is not None else "-"
+        if a.outcome == FOLLOW_UP:  # a look at the queued submission, not a send
+            looks += 1
+            label = f"follow-up {looks}"
+        else:
+            n += 1
+            label = f"attempt {n}"
         print(
-            f"  attempt {n}: {_stamp(a.started_at)}  {a.outcome:<9} HTTP {code}  "
+            f"  {label}: {_stamp(a.started_at)}  {a.outcome:<9} HTTP {code}  "
             f"{a.duration_ms:.0f} ms  {a.detail[:200]}"
         )
+
+
+def _confirmation(row: Any) -> str | None:
+    """A followed submission's state for the ERROR column: why a delivered delivery is not
+    yet (or never) confirmed; a rejection is the delivery's last error already."""
+    if row.status != DELIVERED or not row.confirmation:
+        return None
+    return f"{row.destination} {row.confirmation}: {row.confirmation_detail or ''}".rstrip(": ")
 
 
 def _stamp(when: float | None) -> str:
@@ -866,6 +882,11 @@ def forget(settings: Settings, args: argparse.Namespace) -> None:
     print(
         f"forgotten: {done.records} records changed — personal data erased from "
         f"{_n(done.conversions, 'conversion')} and {_n(done.events, 'event body', 'event bodies')}"
+        + (
+            f"; {_n(done.memories, 'remembered attribution', 'remembered attributions')} removed"
+            if done.memories
+            else ""
+        )
         + (
             f"; {_n(done.deliveries, 'pending delivery', 'pending deliveries')} failed"
             " (erased by relay forget)"

@@ -117,6 +117,8 @@ class Intake:
         self.store = store
         self.sources = sources
         self.destinations = destinations
+        # Attribution memory is applied inside the store's record transaction.
+        store.attribution_memory = settings.attribution.memory
 
     def plan(self, conversion: Conversion) -> list[str]:
         """The destinations that take this conversion."""

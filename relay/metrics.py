@@ -87,9 +87,33 @@ class Metrics:
                 oldest,
                 *reconcile_families(await store.reconcile_states()),
                 *_disabled_gauges(destinations, disabled),
+                *await _submission_families(store),
             ]
         )
         return body + generate_latest(extra)  # type: ignore[arg-type]
+
+
+async def _submission_families(store: Any) -> list[Any]:
+    """Queued submissions followed to their outcome (impact.com), from the ledger's
+    counters: how many are being followed, and the outcomes so far by ErrorType and the
+    first ErrorReason code."""
+    stats = await store.submission_stats()
+    following = GaugeMetricFamily(
+        "relay_submissions_following",
+        "Queued submissions (impact.com) whose outcome relay is still waiting for",
+        labels=["destination"],
+    )
+    for destination, count in sorted(stats["following"].items()):
+        following.add_metric([destination], count)
+    outcomes = CounterMetricFamily(
+        "relay_submission_outcomes",
+        "Outcomes of followed submissions: accepted, duplicate (the destination had it),"
+        " rejected (by ErrorType and first ErrorReason code), unresolved (no outcome in time)",
+        labels=["destination", "outcome", "error_type", "reason"],
+    )
+    for key, count in sorted(stats["outcomes"].items()):
+        outcomes.add_metric(list(key), count)
+    return [following, outcomes]
 
 
 def authorized(header: str | None, token: str) -> bool:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from relay.conversion import REFUND, Conversion
+from relay.conversion import REFUND, REVENUE_KINDS, Conversion
 from relay.money import fmt
 
 CUMULATIVE_REF = "cumulative_refund_of"  # refs key: the object whose cumulative refund `total` is
@@ -83,3 +83,51 @@ def refund_delta(conversion: Conversion, earlier_totals: Iterable[Decimal]) -> C
         shipping=None,
         refs={**conversion.refs, CUMULATIVE_TOTAL_REF: fmt(cumulative)},
     )
+
+
+# ---------------------------------------------------------------- refund → purchase
+#
+# A refund names the money it gives back in the processor's own terms; the purchase or
+# renewal that took that money is found through one value both carry, the *link*
+# (the `link_ref` column of the conversions table, indexed with the source):
+#
+#   source        purchase / renewal             refund
+#   stripe        refs.payment_intent            refs.payment_intent
+#   lemonsqueezy  its order key (order-5,        refs.cumulative_refund_of
+#                 subscription-invoice-7)
+#   paddle        its order key (txn_…)          refs.transaction_id
+#   chargebee     refs.invoice_id                refs.invoice_id
+#
+# A Stripe subscription's first payment is recorded from its Checkout Session, which
+# names the invoice but no PaymentIntent (Stripe refunds name no invoice): such a
+# refund finds no purchase and is skipped with that reason.
+
+
+def link_ref(conversion: Conversion) -> str | None:
+    """The value a refund and the purchase or renewal it refunds share, or None."""
+    refs = conversion.refs
+    source = conversion.source
+    if conversion.kind in REVENUE_KINDS:
+        if source == "stripe":
+            value = refs.get("payment_intent")
+        elif source in ("lemonsqueezy", "paddle"):
+            value = conversion.order_key
+        elif source == "chargebee":
+            value = refs.get("invoice_id")
+        else:
+            value = None
+    elif conversion.kind == REFUND:
+        if source == "stripe":
+            value = refs.get("payment_intent")
+        elif source == "lemonsqueezy":
+            value = refs.get(CUMULATIVE_REF)
+        elif source == "paddle":
+            txn = refs.get("transaction_id")
+            value = txn if not txn or txn.startswith("txn_") else f"transaction-{txn}"
+        elif source == "chargebee":
+            value = refs.get("invoice_id")
+        else:
+            value = None
+    else:
+        value = None
+    return value[:200] if value else None

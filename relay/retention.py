@@ -3,9 +3,10 @@
 The raw bodies and personal data (email, name, phone, address, metadata, attribution
 ids) of conversions whose deliveries are all settled and whose conversion time is older
 than the retention, and the bodies of their events, are erased by the store in bounded
-batches (`Store.retain`); dedupe keys and customer keys stay. The worker runs it when it
-starts and every hour, off the delivery path; with several processes on PostgreSQL one
-runs each batch and the others skip it.
+batches (`Store.retain`); dedupe keys and customer keys stay. Remembered attribution ids
+(RELAY_ATTRIBUTION__MEMORY) go once no conversion newer than the cutoff wrote or used
+them. The worker runs it when it starts and every hour, off the delivery path; with
+several processes on PostgreSQL one runs each batch and the others skip it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PAUSE = 0.05  # seconds between batches, so webhooks and deliveries get the ledg
 class Run:
     conversions: int = 0
     events: int = 0
+    memories: int = 0  # remembered attribution ids (RELAY_ATTRIBUTION__MEMORY) removed
     busy: bool = False  # another process was running it
 
 
@@ -49,6 +51,7 @@ async def run_once(
         result = await store.retain(cutoff, now, cursor, batch)
         run.conversions += result.conversions
         run.events += result.events
+        run.memories += result.memories
         if result.busy:
             run.busy = True
             break
@@ -56,11 +59,13 @@ async def run_once(
             break
         cursor = result.cursor
         await asyncio.sleep(pause)
-    if run.conversions or run.events:
+    if run.conversions or run.events or run.memories:
         log.info(
-            "retention: erased personal data older than %g days: conversions=%d event_bodies=%d",
+            "retention: erased personal data older than %g days: conversions=%d event_bodies=%d"
+            " remembered_attribution=%d",
             days,
             run.conversions,
             run.events,
+            run.memories,
         )
     return run

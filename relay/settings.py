@@ -34,6 +34,7 @@ from relay.conversion import ATTRIBUTION_KEYS, KINDS
 from relay.errors import ConfigError
 
 CSV = Annotated[list[str], NoDecode]
+FloatCSV = Annotated[list[float], NoDecode]
 SecretCSV = Annotated[list[SecretStr], NoDecode]
 
 
@@ -93,8 +94,23 @@ class StripeSettings(SourceSettings):
     api_base: str = "https://api.stripe.com"
     tolerance_seconds: int = Field(300, ge=1, le=86400)
     sandbox: bool = False
+    # The attribution id a Checkout Session's client_reference_id holds (Payment Links
+    # can carry nothing else), e.g. "irclickid". None: client_reference_id is not used.
+    client_reference_id_key: str | None = None
 
     _csv = field_validator("webhook_secrets", mode="before")(_split_csv)
+
+    @field_validator("client_reference_id_key")
+    @classmethod
+    def _known_attribution_id(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value not in ATTRIBUTION_KEYS:
+            raise ValueError(
+                f"{value[:40]!r} is not an attribution id; known: {', '.join(ATTRIBUTION_KEYS)}"
+            )
+        return value
 
 
 class LemonSqueezySettings(SourceSettings):
@@ -179,7 +195,30 @@ class ImpactSettings(DestinationSettings):
     campaign_id: int | None = Field(None, ge=0, le=9_999_999_999)
     event_type_id: int | None = Field(None, ge=0, le=9_999_999_999)
     url: str = "https://api.impact.com"
-    kinds: CSV = ["purchase", "subscription_renewed"]
+    # Refunds reverse (in full) or reduce (in part) the purchase's action (Actions API).
+    kinds: CSV = ["purchase", "subscription_renewed", "refund"]
+    # Follow each submission (QueuedUri) until impact says accepted or rejected: the
+    # waits between looks (the last one repeats) and how long to keep looking (impact
+    # keeps a submission 90 days). docs/impact.md.
+    follow_up: bool = True
+    follow_up_seconds: FloatCSV = [60.0, 300.0, 900.0, 3600.0]
+    follow_up_hours: float = Field(72.0, gt=0, le=2000)
+    # Follow-ups stop while X-RateLimit-Remaining is at or below this, until the reset:
+    # the rest of the hourly budget is kept for conversions and reversals.
+    follow_up_reserve: int = Field(100, ge=0)
+    # The code sent with a reversal (DispositionCode) or reduction (Reason) for a refund.
+    refund_reason: str = Field("ITEM_RETURNED", pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+
+    _floats = field_validator("follow_up_seconds", mode="before")(_split_csv)
+
+    @field_validator("follow_up_seconds")
+    @classmethod
+    def _waits(cls, waits: list[float]) -> list[float]:
+        if not waits:
+            raise ValueError("give at least one wait in seconds, e.g. 60,300,900,3600")
+        if any(not 0 < w <= 86400 for w in waits):
+            raise ValueError("each wait must be more than 0 and at most 86400 seconds")
+        return waits
 
 
 class PagentSettings(DestinationSettings):
@@ -285,6 +324,9 @@ class AttributionSettings(BaseModel):
     model_config = {"extra": "forbid"}
     keys: dict[str, str] = Field(default_factory=lambda: {k: k for k in ATTRIBUTION_KEYS})
     pagent_object_key: str = "pagent"
+    # Attribution memory: the ids of a customer's first (or latest) conversion that had
+    # any are applied to their later renewals, cancellations and refunds that carry none.
+    memory: Literal["first", "last", "off"] = "first"
 
     @field_validator("keys", mode="before")
     @classmethod

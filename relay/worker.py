@@ -17,6 +17,12 @@
 - A destination whose endpoint answers that it is gone (Standard Webhooks 410) is
   disabled in the ledger: no worker claims its deliveries, which wait, until
   `relay retry --destination D` enables it or a worker starts with another URL.
+- A destination that answers "queued" (impact.com) has its submission recorded with
+  the delivered settlement, and the Follower (relay/followup.py, a task of this
+  worker) looks at it until the destination says how it went.
+- A refund going to a destination that `reverses` (impact.com) is built from the
+  ledger's view of its purchase (`store.refund_target`): sent, skipped, or deferred
+  without spending an attempt while the purchase is still on its way.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import httpx
 from pydantic import SecretStr
 
 from relay import retention
-from relay.conversion import Conversion
+from relay.conversion import REFUND, Conversion
 from relay.destinations import (
     DELIVERED,
     FAILED,
     RETRY,
+    Defer,
     Destination,
     Outcome,
     Skip,
@@ -46,6 +53,7 @@ from relay.destinations import (
     redact,
 )
 from relay.errors import EnrichmentUnavailable, StoreError
+from relay.followup import Follower
 from relay.logs import short
 from relay.retry import RetryPolicy
 from relay.settings import WorkerSettings, env_name
@@ -53,7 +61,7 @@ from relay.store import DELIVERED as S_DELIVERED
 from relay.store import FAILED as S_FAILED
 from relay.store import PENDING as S_PENDING
 from relay.store import SKIPPED as S_SKIPPED
-from relay.store import Attempt, Claim, DisabledDestination, Settlement, Store
+from relay.store import Attempt, Claim, DisabledDestination, FollowUp, Settlement, Store
 
 log = logging.getLogger("relay.worker")
 
@@ -102,6 +110,10 @@ class Worker:
         self.maintenance_seconds = maintenance_seconds
         self._disabled: dict[str, DisabledDestination] = {}  # by their endpoint (410)
         self._states_read = 0.0
+        # Queued answers (impact.com) followed to their outcome: relay/followup.py.
+        self.follower = Follower(
+            store, self.destinations, settings, transport=transport, on_rate_limited=self._pause
+        )
 
     # ------------------------------------------------------------ control
 
@@ -164,13 +176,17 @@ class Worker:
         await self._enable_changed_urls()
         log.info("worker: delivering to %s", ", ".join(names))
         heartbeat = asyncio.create_task(self._heartbeat(), name="relay-lease-heartbeat")
+        following = asyncio.create_task(self.follower.run(), name="relay-follow-ups")
         try:
             await self._loop(names)
         finally:
+            await self.follower.stop()
             await self._drain()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(following, self.settings.lease_seconds)
             for clients in self._clients.values():
                 for client in clients:
                     await client.aclose()
@@ -441,9 +457,25 @@ class Worker:
                             type(exc).__name__,
                         )
                 try:
-                    built = dest.build(conv, now)
+                    if conv.kind == REFUND and dest.reverses:  # a change of the purchase there
+                        target = await self.store.refund_target(claim.conversion_id, name)
+                        built = dest.build_refund(conv, target, claim.created_at, now)
+                    else:
+                        built = dest.build(conv, now)
                 except Exception as exc:  # an internal error: it spends this attempt
                     await settle(claim, self._internal(claim, dest, exc, started, sent=False))
+                    continue
+                if isinstance(built, Defer):  # not yet, and no attempt spent
+                    await settle(
+                        claim,
+                        Settlement(
+                            S_PENDING,
+                            next_attempt_at=time.time() + built.seconds,
+                            error=built.reason,
+                            count_attempt=False,
+                            attempt=Attempt(started, 0.0, "deferred", None, built.reason),
+                        ),
+                    )
                     continue
                 if isinstance(built, Skip):
                     status = S_SKIPPED if claim.attempt <= 1 else S_FAILED
@@ -611,6 +643,7 @@ class Worker:
                     pass  # a broken or cut-off body: the status still says what happened
                 finally:
                     await response.aclose()
+                self.follower.observe(name, response)  # its rate budget, for follow-ups
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return Outcome(RETRY, f"connect: {_err(exc)}"), None, False
         except httpx.TransportError as exc:  # sent, or partly sent: fate unknown
@@ -668,12 +701,18 @@ class Worker:
             )
         elif outcome.kind == DELIVERED:
             settlement = Settlement(S_DELIVERED, status_code=code, attempt=attempt)
+            if dest.following():  # queued, not yet credited: follow it (same transaction)
+                uri, submitted = outcome.follow_up or (None, "conversion")
+                settlement.follow_up = FollowUp(
+                    uri, self.follower.first_look(claim.destination, time.time()), submitted
+                )
             if self.metrics is not None:
                 self.metrics.delivered(claim.destination, time.time() - claim.created_at)
         elif outcome.kind == RETRY and not (ambiguous and not dest.resend_ambiguous):
             if code == 429:
                 wait = min(outcome.retry_after or 1.0, self.settings.retry_after_max_seconds)
                 self._pause(claim.destination, wait)
+                await self.follower.hold(claim.destination, wait)  # the same budget
                 per_minute = dest.settings.rate_limit_per_minute
                 if per_minute:  # every other worker holds off too, through the shared window
                     with contextlib.suppress(Exception):
@@ -735,6 +774,8 @@ class Worker:
                 )
         if settlement.status == S_DELIVERED:
             log.info("delivered %s status=%s ms=%.1f", tag, settlement.status_code, elapsed)
+            if settlement.follow_up is not None and settlement.follow_up.uri:
+                self.follower.wake()
         elif settlement.status == S_PENDING and settlement.count_attempt:
             log.warning(
                 "retry %s in %.0f s: %s",

@@ -59,8 +59,9 @@ def test_relay_forget_erases_a_buyer_and_prints_what_changed(relay, simmer, impa
                                      metadata={"irclickid": "c2"}))
     rows = settled(relay, 4)
     out = relay.cli("forget", "--email", EMAIL.upper()).stdout
-    assert out.startswith("forgotten: 2 records changed")
-    assert "1 conversion" in out and "1 event body" in out
+    # her conversion, its event's body, and the click id remembered for her (attribution memory)
+    assert out.startswith("forgotten: 3 records changed")
+    assert "1 conversion" in out and "1 event body" in out and "1 remembered attribution removed" in out
     assert EMAIL not in out
     db = tmp_path / "relay.db"
     with sqlite3.connect(db) as conn:
@@ -74,7 +75,7 @@ def test_relay_forget_erases_a_buyer_and_prints_what_changed(relay, simmer, impa
     assert f"delivery {failed['id']}" in result.stderr and "removed by relay forget" in result.stderr
     # forgetting again changes nothing; a customer id works too
     assert relay.cli("forget", "--email", EMAIL).stdout.startswith("nothing stored for that buyer")
-    assert relay.cli("forget", "--customer", "cus_Else0001").stdout.startswith("forgotten: 2 records changed")
+    assert relay.cli("forget", "--customer", "cus_Else0001").stdout.startswith("forgotten: 3 records changed")
     # bad input changes nothing and says what to give
     bad = relay.cli("forget", "--email", "not-an-address", check=False)
     assert bad.returncode != 0 and "--email must be an email address" in bad.stderr

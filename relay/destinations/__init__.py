@@ -38,6 +38,15 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Defer:
+    """Not now, and no attempt spent: try again in `seconds` (a refund waiting for its
+    purchase to be confirmed by the destination first)."""
+
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     kind: Literal["delivered", "retry", "failed"]
     detail: str = ""
@@ -45,6 +54,9 @@ class Outcome:
     # The endpoint is gone (Standard Webhooks 410): the worker disables the destination
     # and this delivery waits with the others, instead of failing alone.
     gone: bool = False
+    # Accepted for processing only (impact.com's QueuedUri): (the submission to follow,
+    # what was submitted: conversion | modification | reversal).
+    follow_up: tuple[str, str] | None = None
 
 
 class Destination:
@@ -84,6 +96,60 @@ class Destination:
         enabled again when the worker starts with another URL. None: no URL setting."""
         url = getattr(self.settings, "url", None)
         return hashlib.sha256(url.encode()).hexdigest()[:32] if isinstance(url, str) else None
+
+    # A destination that answers "queued" (impact.com) and can be asked later how it went
+    # sets `follows` and implements the two below; relay/followup.py does the looking.
+    follows: ClassVar[bool] = False
+
+    def following(self) -> bool:
+        """Whether this destination's queued answers are followed now (its settings)."""
+        return self.follows
+
+    def submission_request(self, uri: str) -> httpx.Request:
+        """The request that looks at a followed submission."""
+        raise NotImplementedError
+
+    def read_submission(self, response: httpx.Response, submitted: str) -> Look:
+        """What the answer to `submission_request` says (`submitted`: conversion,
+        modification or reversal)."""
+        raise NotImplementedError
+
+    def rate_limit(self, response: httpx.Response) -> tuple[int, int | None, float | None] | None:
+        """(requests remaining, the limit, seconds until the reset) when the answer says:
+        follow-ups spend what conversions leave."""
+        return None
+
+    # A destination that turns refunds into changes of the purchase it was sent (impact's
+    # Actions API) sets `reverses`: the worker then calls `build_refund` with what the
+    # ledger knows about that purchase (store.refund_target) instead of `build`.
+    reverses: ClassVar[bool] = False
+
+    def build_refund(
+        self, refund: Conversion, target: Any, recorded_at: float, now: datetime
+    ) -> httpx.Request | Skip | Defer:
+        raise NotImplementedError
+
+
+class Look:
+    """What one look at a followed submission found (`read_submission`): `state` is
+    following (no outcome yet), accepted, duplicate or rejected, or "wait" (rate
+    limited: no look was made, try after `retry_after`)."""
+
+    __slots__ = ("detail", "error_reason", "error_type", "retry_after", "state")
+
+    def __init__(
+        self,
+        state: str,
+        detail: str,
+        error_type: str | None = None,
+        error_reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.state = state
+        self.detail = detail
+        self.error_type = error_type
+        self.error_reason = error_reason
+        self.retry_after = retry_after
 
 
 RETRYABLE_4XX = frozenset({408, 425, 429})

@@ -11,6 +11,8 @@ Conversions:
   → purchase; `unpaid` → ignored (the money arrives later with
   `checkout.session.async_payment_succeeded` → purchase). Both key the
   conversion on the Checkout Session id, so a session is counted once.
+  With `RELAY_STRIPE__CLIENT_REFERENCE_ID_KEY` (e.g. `irclickid`) the session's
+  `client_reference_id` — all a Payment Link URL can carry — is that attribution id.
 - `invoice.paid` with billing_reason `subscription_cycle` → subscription_renewed,
   keyed on the invoice id. `subscription_create` is the same money as the
   Checkout purchase and is ignored (so are proration/manual invoices). Both
@@ -38,6 +40,7 @@ Conversions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -72,6 +75,7 @@ from relay.sources import (
 )
 
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
+CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 MAX_SIGNATURE_HEADER = 4096  # t= and a few v1= of 64 hex digits each, with room to spare
 
 
@@ -149,7 +153,21 @@ class StripeSource:
         def run(handler: Any) -> Any:
             return handler(event, obj, unix_time(event.get("created"), "created"), livemode)
 
-        return dispatch(parsed, HANDLERS, run)
+        parsed = dispatch(parsed, HANDLERS, run)
+        key = self.settings.client_reference_id_key
+        if key:
+            parsed.conversions = [_client_reference(c, key) for c in parsed.conversions]
+        return parsed
+
+
+def _client_reference(conversion: Conversion, key: str) -> Conversion:
+    """A Checkout Session's client_reference_id as the attribution id `key` names (Payment
+    Links carry nothing else), when it has Stripe's shape (alphanumerics, - and _, at most
+    200). The session's metadata, read later, wins where it holds the same id."""
+    value = conversion.refs.get("client_reference_id")
+    if conversion.kind != PURCHASE or not value or not CLIENT_REFERENCE.fullmatch(value):
+        return conversion
+    return conversion.replace(attribution={**conversion.attribution, key: value})
 
 
 # ------------------------------------------------------------ thin events
@@ -357,6 +375,9 @@ def _invoice_paid(
             ("customer", invoice.get("customer")),
             ("number", invoice.get("number")),
             ("billing_reason", reason),
+            # what a refund of this invoice names (pre-basil invoices carry both)
+            ("payment_intent", _id_of(invoice.get("payment_intent"))),
+            ("charge", _id_of(invoice.get("charge"))),
         )
         if isinstance(v, str) and v
     }
@@ -383,6 +404,11 @@ def _invoice_paid(
             new_customer=False,
         )
     ]
+
+
+def _id_of(value: Any) -> Any:
+    """An id, or an expanded object's id."""
+    return value.get("id") if isinstance(value, dict) else value
 
 
 # ------------------------------------------------------------ subscriptions

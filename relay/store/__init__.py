@@ -24,6 +24,14 @@ Every verified webhook is an event row with its raw body and a status:
 
 `relay replay` re-parses stored bodies (`events`, `replay`); a replay never turns an
 accepted event back into ignored or quarantined.
+
+A destination that answers "queued" (impact.com) gets its submission followed to an
+outcome: the delivery is `delivered` and its submission row says how far impact got
+(`submissions`, `settle_submission`):
+
+    following ──look──▶ accepted | duplicate        (the delivery stays delivered)
+        │     └──look──▶ rejected                   (the delivery turns failed)
+        └── no outcome within the limit ──▶ unresolved (delivered, flagged)
 """
 
 from __future__ import annotations
@@ -58,6 +66,15 @@ FETCHING = "fetching"  # a thin event whose object the worker fetches (relay/thi
 EVENT_STATUSES = (ACCEPTED, IGNORED, QUARANTINED, FETCHING)
 RESEND = "resend"  # the outcome of the attempt-log line `resend` writes
 RESEND_DETAIL = "manual resend (relay resend): same idempotency key, fresh attempt budget"
+FOLLOW_UP = "follow-up"  # the outcome of the attempt-log lines a submission's looks write
+
+# A submission's states (the `submissions` table): impact.com's queued answers followed.
+FOLLOWING = "following"
+ACCEPTED_THERE = "accepted"
+DUPLICATE_THERE = "duplicate"
+REJECTED_THERE = "rejected"
+UNRESOLVED = "unresolved"
+SUBMISSION_STATES = (FOLLOWING, ACCEPTED_THERE, DUPLICATE_THERE, REJECTED_THERE, UNRESOLVED)
 
 
 @dataclass(slots=True)
@@ -120,6 +137,17 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class FollowUp:
+    """A queued answer to follow (impact's `QueuedUri`), recorded with a delivered settlement."""
+
+    # The submission's path, e.g. /Advertisers/IR…/APISubmissions/A-…; None: this answer
+    # gave nothing to follow, so an earlier submission of the delivery is forgotten.
+    uri: str | None
+    next_check_at: float  # the first look
+    kind: str = "conversion"  # conversion | modification | reversal (what was submitted)
+
+
+@dataclass(slots=True)
 class Settlement:
     status: str  # one of STATUSES
     next_attempt_at: float | None = None  # for pending
@@ -127,6 +155,9 @@ class Settlement:
     status_code: int | None = None
     attempt: Attempt | None = None
     count_attempt: bool = True  # False: the claim did not spend an attempt (rate-limit deferral)
+    # With a delivered settlement: start following this submission (same transaction). It
+    # replaces any earlier submission of the delivery (a resend, a retry after a rejection).
+    follow_up: FollowUp | None = None
 
 
 @dataclass(slots=True)
@@ -144,6 +175,10 @@ class DeliveryRow:
     created_at: float
     updated_at: float
     erased: str | None = None  # RETENTION or FORGET: the conversion's personal data is gone
+    # The destination's verdict on a queued submission (impact.com), when it is followed:
+    # following | accepted | duplicate | rejected | unresolved, and what the last look saw.
+    confirmation: str | None = None
+    confirmation_detail: str | None = None
     conversion_id: int | None = None
 
 
@@ -155,10 +190,11 @@ class Forgotten:
     events: int = 0  # raw event bodies erased
     deliveries: int = 0  # pending deliveries failed with ERASED_BY_FORGET
     compacted: bool = True  # False: SQLite's WAL still holds old pages (another process reading)
+    memories: int = 0  # remembered attribution ids removed (RELAY_ATTRIBUTION__MEMORY)
 
     @property
     def records(self) -> int:
-        return self.conversions + self.events + self.deliveries
+        return self.conversions + self.events + self.deliveries + self.memories
 
 
 @dataclass(slots=True)
@@ -170,6 +206,68 @@ class Retained:
     done: bool = True  # nothing is left to look at in this run
     cursor: Any = None  # where the next batch of this run starts (pass it back)
     busy: bool = False  # another process is running retention now (PostgreSQL); try later
+    memories: int = 0  # remembered attribution ids removed in this batch
+
+
+@dataclass(slots=True)
+class SubmissionClaim:
+    """A leased submission to look at (`claim_submissions`)."""
+
+    id: int
+    delivery_id: int
+    destination: str
+    uri: str
+    kind: str  # conversion | modification | reversal
+    checks: int  # looks so far
+    started_at: float
+    lease_token: str
+    order_key: str  # the conversion's, for log lines
+    attempt: int  # the delivery's attempt count, for the attempt log
+
+
+@dataclass(slots=True)
+class SubmissionResult:
+    """What one look found (`settle_submission`)."""
+
+    state: str  # one of SUBMISSION_STATES
+    detail: str  # what the look saw, for `relay deliveries`
+    attempt: Attempt | None = None  # the attempt-log line (outcome "follow-up")
+    next_check_at: float | None = None  # for following
+    counted: bool = True  # False: no look was made (the rate budget is spent); checks unchanged
+    error_type: str | None = None
+    error_reason: str | None = None
+    # For rejected: the delivery turns failed with this as its last error.
+    delivery_error: str | None = None
+
+
+@dataclass(slots=True)
+class RefundSibling:
+    """A refund of the same purchase (the refund itself included) and its delivery there."""
+
+    conversion_id: int
+    total: Any  # Decimal
+    currency: str | None
+    delivery_status: str | None  # its delivery to the destination asked about
+    submitted: str | None  # what that delivery submitted: conversion | modification | reversal
+    confirmation: str | None  # the submission's state
+
+
+@dataclass(slots=True)
+class RefundTarget:
+    """What a refund's delivery needs to know about the purchase it refunds (`refund_target`).
+
+    `purchase` is None when the ledger holds no purchase or renewal with the refund's link
+    (relay/refunds.py `link_ref`). `refunds` are every refund recorded for that link."""
+
+    link: str | None
+    purchase: Conversion | None = None
+    purchase_created_at: float | None = None
+    delivery_status: str | None = None  # the purchase's delivery to the destination
+    delivery_error: str | None = None
+    next_attempt_at: float | None = None
+    confirmation: str | None = None  # its submission's state there
+    next_check_at: float | None = None
+    refunds: list[RefundSibling] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -242,6 +340,8 @@ class Store(abc.ABC):
     """The ledger interface. All methods raise StoreError when the backend fails."""
 
     url: str
+    # RELAY_ATTRIBUTION__MEMORY, applied by `record` and `replay` (Intake sets it).
+    attribution_memory: str = "first"
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -442,6 +542,8 @@ class Store(abc.ABC):
         if more:  # the same buyer under their customer id, with another email or none
             found, _ = await self._forget_by_keys(more)
             conversions |= found
+        # Their remembered attribution ids, under every key they are known by.
+        memories = await self._forget_memory(keys + more)
         events: set[int] = set()
         after: int | None = 0
         while after is not None:  # every other stored body naming the buyer
@@ -449,7 +551,7 @@ class Store(abc.ABC):
                 email, sorted(customers), after, SCAN_CHUNK
             )
             events |= found_events
-        result = Forgotten()
+        result = Forgotten(memories=memories)
         queue, seen = sorted(conversions), set(conversions)
         event_queue, seen_events = sorted(events), set(events)
         while queue or event_queue:
@@ -469,6 +571,10 @@ class Store(abc.ABC):
     # The steps of `forget`, each its own short transaction (see the SQLite backend).
     async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
         """Conversions (erased or not) with these customer keys; the customer ids named."""
+        raise NotImplementedError
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        """Remove the remembered attribution ids under these customer keys; how many."""
         raise NotImplementedError
 
     async def _forget_scan_conversions(
@@ -642,6 +748,79 @@ class Store(abc.ABC):
 
         The window is shared by every process using this store."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------ submissions (impact.com)
+
+    @abc.abstractmethod
+    async def claim_submissions(
+        self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
+    ) -> list[SubmissionClaim]:
+        """Lease up to `limit` followed submissions whose next look is due. No two
+        processes hold the same submission at once (PostgreSQL: SKIP LOCKED)."""
+
+    @abc.abstractmethod
+    async def settle_submission(
+        self, claim: SubmissionClaim, result: SubmissionResult, now: float
+    ) -> bool:
+        """In one transaction: the submission's new state, its attempt-log line, the
+        outcome counters and, for a rejection, the delivery turned failed with the
+        destination's reason (only while it is still delivered). False when the lease
+        was lost (the submission was replaced by a resend, or another process took it)."""
+
+    @abc.abstractmethod
+    async def hold_submissions(self, destination: str, until: float) -> int:
+        """No look at this destination's followed submissions before `until` (its rate
+        budget is spent): shared by every process. How many were held back."""
+
+    @abc.abstractmethod
+    async def next_submission_due(self, destinations: Sequence[str]) -> float | None:
+        """When the earliest followed submission of these destinations is due."""
+
+    @abc.abstractmethod
+    async def submission_stats(self) -> dict[str, Any]:
+        """{'following': {destination: n}, 'outcomes': {(destination, outcome, error_type,
+        reason): n}}: counters kept in the same transactions as the states (O(1) reads)."""
+
+    @abc.abstractmethod
+    async def refund_target(self, conversion_id: int, destination: str) -> RefundTarget:
+        """For a refund conversion: the purchase or renewal it refunds (by its link), that
+        purchase's delivery to `destination` and its submission there, and every refund
+        recorded for the same purchase with their deliveries to `destination`."""
+
+
+def reason_label(error_reason: str | None) -> str:
+    """The first code of a destination's ErrorReason ("CONTRACT_NOT_FOUND RESTRICTED_…"),
+    as a bounded /metrics label: upper-case letters, digits and _ only, else OTHER."""
+    first = (error_reason or "").split()[:1]
+    code = first[0] if first else ""
+    if not code:
+        return ""
+    ok = len(code) <= 40 and all(
+        ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_") for ch in code
+    )
+    return code if ok else "OTHER"
+
+
+MEMORY_KINDS = frozenset({"subscription_renewed", "subscription_cancelled", "refund"})
+
+
+def remembered(conversion: Conversion, memory: str, known: dict[str, str] | None) -> Conversion:
+    """The conversion with the customer's remembered attribution ids, when it is a renewal,
+    a cancellation or a refund whose own event carried none (`known`: the ids remembered
+    for its source and customer key, or None). The store calls it inside `record`."""
+    if memory == "off" or not known or conversion.attribution:
+        return conversion
+    if conversion.kind not in MEMORY_KINDS:
+        return conversion
+    return conversion.replace(
+        attribution=dict(known), refs={**conversion.refs, "attribution_memory": memory}
+    )
+
+
+def memory_kind(conversion: Conversion, memory: str) -> bool:
+    """Whether `record` looks up the customer's remembered ids for this conversion: only
+    a renewal, cancellation or refund without ids of its own (one indexed lookup)."""
+    return memory != "off" and not conversion.attribution and conversion.kind in MEMORY_KINDS
 
 
 def customer_key(conversion: Conversion) -> str | None:

@@ -57,6 +57,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -70,8 +71,10 @@ from relay.store import (
     DELIVERED,
     ERASED_BY_FORGET,
     FAILED,
+    FOLLOWING,
     FORGET,
     PENDING,
+    REJECTED_THERE,
     RESEND,
     RESEND_DETAIL,
     RETENTION,
@@ -81,27 +84,36 @@ from relay.store import (
     DestinationError,
     DisabledDestination,
     EventRecord,
+    FollowUp,
     Forgotten,
     ReconcileState,
     Recorded,
+    RefundSibling,
+    RefundTarget,
     Retained,
     Settlement,
     Store,
     StoredConversion,
     StoredEvent,
+    SubmissionClaim,
+    SubmissionResult,
     customer_key,
     email_hash,
     erase_personal,
+    memory_kind,
     mentions,
+    reason_label,
+    remembered,
     stored_email_hash,
     upper_bound,
 )
 
 log = logging.getLogger("relay.store")
 # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
-# 7: the console (conversions.email_hash, tallies, destination_errors)
-SCHEMA_VERSION = 7
+# 7: submissions; 8: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 8
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (_ERASURE_STEP)
+SCHEMA_SUBMISSIONS = 7  # the version whose link_ref is filled in for older rows (renumber here)
 CHANNEL = "relay_deliveries"
 MIGRATE_LOCK = 726500  # pg_advisory_xact_lock key for schema changes
 RETENTION_LOCK = 726502  # pg_try_advisory_xact_lock key: one retention batch at a time
@@ -152,6 +164,56 @@ def lock_key(source: str, prefix: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+async def _fill_link_refs(conn: psycopg.AsyncConnection[Any]) -> None:
+    """SCHEMA_SUBMISSIONS: the link of every purchase, renewal and refund recorded before it, read
+    from the stored conversion by the same rule as new rows (relay/refunds.py)."""
+    after = 0
+    while True:
+        cur = await conn.execute(
+            "SELECT id, data FROM conversions WHERE id > %s AND link_ref IS NULL"
+            " AND kind IN ('purchase', 'subscription_renewed', 'refund') ORDER BY id LIMIT 5000",
+            (after,),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return
+        after = rows[-1][0]
+        links = [(refunds.link_ref(Conversion.from_json(bytes(d))), i) for i, d in rows]
+        links = [x for x in links if x[0]]
+        if links:
+            await conn.execute(
+                "UPDATE conversions c SET link_ref = t.link FROM unnest(%s::text[], %s::bigint[])"
+                " AS t (link, id) WHERE c.id = t.id",
+                ([x[0] for x in links], [x[1] for x in links]),
+            )
+
+
+_MEMORY_SQL = (
+    "SELECT t.source, t.customer_key, m.attribution"
+    " FROM unnest(%b::text[], %b::text[]) AS t (source, customer_key)"
+    " JOIN attribution_memory m USING (source, customer_key)"
+)
+# Remembered ids (sorted by key; one row per key per batch) and memories put to use.
+# (source, customer key, ids, recorded at, the conversion time: seen_at, see sqlite's
+# _remember)
+_REMEMBER_INSERT = (
+    "INSERT INTO attribution_memory (source, customer_key, attribution, created_at, updated_at,"
+    " seen_at) SELECT t.source, t.key, t.ids, t.at, t.at, t.seen FROM unnest(%b::text[],"
+    " %b::text[], %b::bytea[], %b::float8[], %b::float8[]) AS t (source, key, ids, at, seen)"
+    " ON CONFLICT (source, customer_key) "
+)
+_REMEMBER_SQL = {
+    "first": _REMEMBER_INSERT + "DO NOTHING",
+    "last": _REMEMBER_INSERT + "DO UPDATE SET attribution = excluded.attribution,"
+    " updated_at = excluded.updated_at,"
+    " seen_at = greatest(attribution_memory.seen_at, excluded.seen_at)",
+}
+_MEMORY_USED_SQL = (
+    "UPDATE attribution_memory m SET seen_at = greatest(m.seen_at, t.seen)"
+    " FROM unnest(%b::text[], %b::text[], %b::float8[]) AS t (source, customer_key, seen)"
+    " WHERE m.source = t.source AND m.customer_key = t.customer_key"
+)
+
 _EVENTS_SQL = (
     "INSERT INTO events (source, event_id, event_type, received_at, body, status, reason)"
     " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::bytea[],"
@@ -179,11 +241,11 @@ _EARLIER_SQL = (
 _CONVERSIONS_SQL = """
 WITH ins AS (
     INSERT INTO conversions (source, kind, order_key, event_row, customer_key, occurred_at,
-                             created_at, data, email_hash)
+                             created_at, data, link_ref, email_hash)
     SELECT * FROM unnest(%(source)b::text[], %(kind)b::text[], %(order_key)b::text[],
                          %(event_row)b::bigint[], %(customer_key)b::text[],
                          %(occurred_at)b::float8[], %(created_at)b::float8[], %(data)b::bytea[],
-                         %(email_hash)b::text[])
+                         %(link_ref)b::text[], %(email_hash)b::text[])
     ON CONFLICT (source, kind, order_key) DO NOTHING
     RETURNING id, source, kind, order_key
 ), dl AS (
@@ -203,7 +265,7 @@ SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 
 
 async def _hash_existing_emails(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Schema 7: the email hash of every conversion recorded before conversions carried
+    """Schema 8: the email hash of every conversion recorded before conversions carried
     one, computed with the same Python as new rows get (`stored_email_hash`)."""
     after = 0
     while True:
@@ -228,7 +290,9 @@ _DELIVERY_COLUMNS = sql.SQL(
     "d.id, d.destination, d.status, d.attempts,"
     " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
     " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
-    " d.created_at, d.updated_at, c.erased_by, d.conversion_id"
+    " d.created_at, d.updated_at, c.erased_by,"
+    " CASE WHEN d.status <> 'pending' THEN s.state END,"
+    " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
 )
 
 
@@ -264,6 +328,7 @@ def delivery_page_sql(
         args.append(source)
     branch = sql.SQL(
         "(SELECT {columns} FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
         " WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT %s)"
     ).format(columns=_DELIVERY_COLUMNS, where=sql.SQL(" AND ").join(where))
     pairs = [(s, d) for s in statuses for d in destinations]
@@ -463,7 +528,7 @@ class PostgresStore(Store):
             )
             had_email_hash = await cur.fetchone() is not None
             await conn.execute(schema.encode())  # no parameters: one multi-statement script
-            if not had_email_hash:  # schema 7, once, in the transaction that added the column
+            if not had_email_hash:  # schema 8, once, in the transaction that added the column
                 await _hash_existing_emails(conn)
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             row = await cur.fetchone()
@@ -474,6 +539,8 @@ class PostgresStore(Store):
                 )
             if current is None or current < ERASURE_VERSION:
                 await conn.execute(_ERASURE_STEP.encode())
+            if current is not None and current < SCHEMA_SUBMISSIONS:
+                await _fill_link_refs(conn)
             if current != SCHEMA_VERSION:  # created, or upgraded by the idempotent script
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
@@ -635,9 +702,15 @@ class PostgresStore(Store):
         objects: set[tuple[str, str]] = set()  # (source, prefix) of each cumulative refund
         all_keys: set[tuple[str, str, str]] = set()  # every conversion's dedupe key
         customers: set[tuple[str, str]] = set()
+        memory = self.attribution_memory
+        lookups: set[tuple[str, str]] = set()  # (source, customer key) of remembered ids wanted
         for call in batch:
             for conversion in call.conversions:
                 all_keys.add((conversion.source, conversion.kind, conversion.order_key))
+                if memory_kind(conversion, memory):
+                    mkey = customer_key(conversion)
+                    if mkey:
+                        lookups.add((conversion.source, mkey))
                 prefix = refunds.earlier_prefix(conversion)
                 if prefix is not None:
                     objects.add((conversion.source, prefix))
@@ -668,7 +741,11 @@ class PostgresStore(Store):
                     [batch[events[k]].event.reason for k in event_order],
                 ),
             )
-            cust_cur = ex_cur = earlier_cur = None
+            cust_cur = ex_cur = earlier_cur = mem_cur = None
+            if lookups:
+                mem_cur = await conn.execute(
+                    _MEMORY_SQL, ([k[0] for k in lookups], [k[1] for k in lookups])
+                )
             if customers:
                 cust_cur = await conn.execute(
                     _CUSTOMERS_SQL, ([c[0] for c in customers], [c[1] for c in customers])
@@ -683,6 +760,12 @@ class PostgresStore(Store):
                     _EARLIER_SQL,
                     ([o[0] for o in objects], [o[1] for o in objects]),
                 )
+            memories: dict[tuple[str, str], dict[str, str]] = {}
+            if mem_cur is not None:
+                for src, mkey, attribution in await mem_cur.fetchall():
+                    memories[(src, mkey)] = orjson.loads(bytes(attribution))
+            remember: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
+            used: dict[tuple[str, str], float] = {}
             inserted_events = {(src, eid): row for row, src, eid in await ev_cur.fetchall()}
             known_customers = set(await cust_cur.fetchall()) if cust_cur else set()
             existing = set(await ex_cur.fetchall()) if ex_cur else set()
@@ -730,10 +813,22 @@ class PostgresStore(Store):
                     ):
                         prior = (conversion.source, ckey) in known_customers
                         conversion = conversion.replace(new_customer=not prior)
+                    if ckey and memory_kind(conversion, memory):
+                        conversion = remembered(
+                            conversion, memory, memories.get((conversion.source, ckey))
+                        )
                     key3 = (conversion.source, conversion.kind, conversion.order_key)
                     if key3 in planned or key3 in existing:  # the ledger or an earlier call has it
                         plan.append((conversion, None))
                         continue
+                    if ckey and memory != "off":  # as `_remember` does, batch order kept
+                        mkey2 = (conversion.source, ckey)
+                        seen = conversion.occurred_at.timestamp()
+                        if "attribution_memory" in conversion.refs:
+                            used[mkey2] = max(used.get(mkey2, seen), seen)
+                        elif conversion.attribution and (memory == "last" or mkey2 not in memories):
+                            memories[mkey2] = conversion.attribution
+                            remember[mkey2] = (conversion.attribution, event.received_at, seen)
                     if conversion.kind in REVENUE_KINDS and ckey:
                         known_customers.add((conversion.source, ckey))
                     if conversion.kind == REFUND and objects:  # later refunds of the object see it
@@ -767,6 +862,7 @@ class PostgresStore(Store):
                         "occurred_at": [r[2].occurred_at.timestamp() for r in rows],
                         "created_at": [r[3] for r in rows],
                         "data": [r[2].to_json() for r in rows],
+                        "link_ref": [refunds.link_ref(r[2]) for r in rows],
                         "email_hash": [email_hash(r[2].customer.email) for r in rows],
                         "d_source": [d[0][0] for d in deliveries],
                         "d_kind": [d[0][1] for d in deliveries],
@@ -776,6 +872,24 @@ class PostgresStore(Store):
                         "status": PENDING,
                         "channel": CHANNEL,
                     },
+                )
+            if remember:  # sorted: every batch takes these row locks in one order
+                keys = sorted(remember)
+                await conn.execute(
+                    _REMEMBER_SQL["last" if memory == "last" else "first"],
+                    (
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [orjson.dumps(remember[k][0]) for k in keys],
+                        [remember[k][1] for k in keys],
+                        [remember[k][2] for k in keys],
+                    ),
+                )
+            if used:
+                keys = sorted(used)
+                await conn.execute(
+                    _MEMORY_USED_SQL,
+                    ([k[0] for k in keys], [k[1] for k in keys], [used[k] for k in keys]),
                 )
         # The pipeline's sync is here: the statement above and COMMIT in one round trip.
         # Committed: durable from here on.
@@ -875,10 +989,20 @@ class PostgresStore(Store):
                 )
                 prior = await cur.fetchone()
                 conversion = conversion.replace(new_customer=prior is None)
+            memory = self.attribution_memory
+            if ckey and memory_kind(conversion, memory):  # one indexed lookup
+                cur = await conn.execute(
+                    "SELECT attribution FROM attribution_memory"
+                    " WHERE source = %s AND customer_key = %s",
+                    (conversion.source, ckey),
+                )
+                known = await cur.fetchone()
+                if known is not None:
+                    conversion = remembered(conversion, memory, orjson.loads(bytes(known[0])))
             cur = await conn.execute(
                 "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-                " occurred_at, created_at, data, email_hash)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " occurred_at, created_at, data, link_ref, email_hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
                 (
                     conversion.source,
@@ -889,6 +1013,7 @@ class PostgresStore(Store):
                     conversion.occurred_at.timestamp(),
                     now,
                     conversion.to_json(),
+                    refunds.link_ref(conversion),
                     email_hash(conversion.customer.email),
                 ),
             )
@@ -896,6 +1021,21 @@ class PostgresStore(Store):
             if inserted is None:
                 result.known.append(conversion)
                 continue
+            if ckey and memory != "off":
+                seen = conversion.occurred_at.timestamp()
+                if "attribution_memory" in conversion.refs:
+                    await conn.execute(_MEMORY_USED_SQL, ([conversion.source], [ckey], [seen]))
+                elif conversion.attribution:
+                    await conn.execute(
+                        _REMEMBER_SQL["last" if memory == "last" else "first"],
+                        (
+                            [conversion.source],
+                            [ckey],
+                            [orjson.dumps(conversion.attribution)],
+                            [now],
+                            [seen],
+                        ),
+                    )
             result.conversions.append(conversion)
             rows.extend((inserted[0], d) for d in destinations_for(conversion))
         if rows:
@@ -1014,7 +1154,8 @@ class PostgresStore(Store):
             "a_code": a.status_code if a else None,
             "detail": a.detail[:1000] if a else None,
         }
-        async with self._conn("settle failed") as conn:
+        follow = s.follow_up if s.status == DELIVERED else None
+        async with self._conn("settle failed") as conn, _maybe_transaction(conn, follow):
             cur = await conn.execute(
                 """
                 WITH settled AS (
@@ -1045,7 +1186,10 @@ class PostgresStore(Store):
                 params,
             )
             row = await cur.fetchone()
-        return bool(row and row[0])
+            ok = bool(row and row[0])
+            if ok and follow is not None:
+                await _follow(conn, claim.delivery_id, claim.destination, follow, now)
+        return ok
 
     async def mark_sent(self, claims: Sequence[Claim]) -> None:
         if not claims:
@@ -1103,8 +1247,11 @@ class PostgresStore(Store):
             "SELECT d.id, d.destination, d.status, d.attempts,"
             " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
             " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
-            " d.created_at, d.updated_at, c.erased_by, d.conversion_id"
-            " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id {where}"
+            " d.created_at, d.updated_at, c.erased_by,"
+            " CASE WHEN d.status <> 'pending' THEN s.state END,"
+            " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
+            " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+            " LEFT JOIN submissions s ON s.delivery_id = d.id {where}"
             " ORDER BY d.id DESC LIMIT %s"
         ).format(where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
         async with self._conn("query failed") as conn:
@@ -1478,7 +1625,8 @@ class PostgresStore(Store):
             cur = await conn.execute(
                 sql.SQL(
                     "SELECT {columns} FROM deliveries d JOIN conversions c"
-                    " ON c.id = d.conversion_id WHERE d.conversion_id = %s ORDER BY d.destination"
+                    " ON c.id = d.conversion_id LEFT JOIN submissions s ON s.delivery_id = d.id"
+                    " WHERE d.conversion_id = %s ORDER BY d.destination"
                 ).format(columns=_DELIVERY_COLUMNS),
                 (conversion_id,),
             )
@@ -1551,7 +1699,12 @@ class PostgresStore(Store):
                 return Retained(done=True, busy=True, cursor=cursor)
             if not cursor or cursor[0] == "conversions":
                 return await self._retain_conversions(conn, cutoff, now, cursor, limit)
-            return await self._retain_events(conn, cutoff, now, limit)
+            if cursor[0] == "memory":
+                return await _retain_memory(conn, cutoff, limit)
+            result = await self._retain_events(conn, cutoff, now, limit)
+            if result.done:  # then the remembered attribution ids (_retain_memory)
+                result.done, result.cursor = False, ("memory",)
+            return result
 
     async def _retain_conversions(
         self, conn: psycopg.AsyncConnection[Any], cutoff: float, now: float, cursor: Any, limit: int
@@ -1631,6 +1784,15 @@ class PostgresStore(Store):
             (position,),
         )
         return result
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        async with self._conn("forget failed") as conn:
+            cur = await conn.execute(
+                "DELETE FROM attribution_memory WHERE customer_key = ANY(%s)", (keys,)
+            )
+            return cur.rowcount
 
     async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
         async with self._conn("forget failed") as conn:
@@ -1769,6 +1931,180 @@ class PostgresStore(Store):
             )
             row = await cur.fetchone()
         return float(row[0]) if row else 0.0
+
+    # ------------------------------------------------------------ submissions (SCHEMA_SUBMISSIONS)
+
+    async def claim_submissions(
+        self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
+    ) -> list[SubmissionClaim]:
+        if not destinations or limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        async with self._conn("claim failed") as conn:
+            cur = await conn.execute(
+                """
+                UPDATE submissions s SET lease_until = %(until)s, lease_token = %(token)s
+                  FROM (SELECT id FROM submissions
+                         WHERE state = 'following' AND destination = ANY(%(dests)s)
+                           AND next_check_at <= %(now)s
+                           AND (lease_until IS NULL OR lease_until < %(now)s)
+                         ORDER BY next_check_at LIMIT %(limit)s
+                           FOR UPDATE SKIP LOCKED) due,
+                       deliveries d, conversions c
+                 WHERE s.id = due.id AND d.id = s.delivery_id AND c.id = d.conversion_id
+                RETURNING s.id, s.delivery_id, s.destination, s.uri, s.kind, s.checks,
+                          s.started_at, c.order_key, d.attempts
+                """,
+                {
+                    "until": now + lease_seconds,
+                    "token": token,
+                    "now": now,
+                    "dests": list(destinations),
+                    "limit": limit,
+                },
+            )
+            rows = await cur.fetchall()
+        return [
+            SubmissionClaim(sid, did, dest, uri, kind, checks, started, token, key, attempts)
+            for sid, did, dest, uri, kind, checks, started, key, attempts in rows
+        ]
+
+    async def settle_submission(
+        self, claim: SubmissionClaim, result: SubmissionResult, now: float
+    ) -> bool:
+        r = result
+        async with self._conn("settle failed") as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE submissions SET state = %s, checks = checks + %s, next_check_at = %s,"
+                " lease_until = NULL, lease_token = NULL, error_type = %s, error_reason = %s,"
+                " detail = %s, updated_at = %s"
+                " WHERE id = %s AND lease_token = %s AND state = 'following'",
+                (
+                    r.state,
+                    1 if r.counted else 0,
+                    r.next_check_at,
+                    r.error_type,
+                    r.error_reason,
+                    r.detail[:1000],
+                    now,
+                    claim.id,
+                    claim.lease_token,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            if r.attempt is not None:
+                a = r.attempt
+                await conn.execute(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
+                    " status_code, detail) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        claim.delivery_id,
+                        claim.attempt,
+                        a.started_at,
+                        a.duration_ms,
+                        a.outcome,
+                        a.status_code,
+                        a.detail[:1000],
+                    ),
+                )
+            if r.state != FOLLOWING:
+                await _count(conn, claim.destination, FOLLOWING, "", "", -1)
+                await _count(
+                    conn,
+                    claim.destination,
+                    r.state,
+                    r.error_type or "",
+                    reason_label(r.error_reason),
+                    1,
+                )
+            if r.state == REJECTED_THERE and r.delivery_error:
+                await conn.execute(
+                    "UPDATE deliveries SET status = 'failed', last_error = %s, updated_at = %s"
+                    " WHERE id = %s AND status = 'delivered'",
+                    (r.delivery_error[:1000], now, claim.delivery_id),
+                )
+        return True
+
+    async def hold_submissions(self, destination: str, until: float) -> int:
+        async with self._conn("hold failed") as conn:
+            cur = await conn.execute(
+                "UPDATE submissions SET next_check_at = %s WHERE destination = %s"
+                " AND state = 'following' AND next_check_at < %s",
+                (until, destination, until),
+            )
+            return cur.rowcount
+
+    async def next_submission_due(self, destinations: Sequence[str]) -> float | None:
+        if not destinations:
+            return None
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT min(greatest(next_check_at, coalesce(lease_until, 0)))"
+                " FROM submissions WHERE state = 'following' AND destination = ANY(%s)",
+                (list(destinations),),
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def submission_stats(self) -> dict[str, Any]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, outcome, error_type, reason, n FROM submission_counts"
+            )
+            rows = await cur.fetchall()
+        following: dict[str, int] = {}
+        outcomes: dict[tuple[str, str, str, str], int] = {}
+        for dest, outcome, error_type, reason, n in rows:
+            if outcome == FOLLOWING:
+                following[dest] = following.get(dest, 0) + int(n)
+            else:
+                outcomes[(dest, outcome, error_type, reason)] = int(n)
+        return {"following": following, "outcomes": outcomes}
+
+    async def refund_target(self, conversion_id: int, destination: str) -> RefundTarget:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT source, link_ref FROM conversions WHERE id = %s", (conversion_id,)
+            )
+            row = await cur.fetchone()
+            if row is None or row[1] is None:
+                return RefundTarget(link=None)
+            source, link = row
+            target = RefundTarget(link=link)
+            cur = await conn.execute(
+                "SELECT c.data, c.created_at, d.status, d.last_error, d.next_attempt_at,"
+                " s.state, s.next_check_at FROM conversions c"
+                " LEFT JOIN deliveries d ON d.conversion_id = c.id AND d.destination = %s"
+                " LEFT JOIN submissions s ON s.delivery_id = d.id"
+                " WHERE c.source = %s AND c.link_ref = %s"
+                " AND c.kind IN ('purchase', 'subscription_renewed') ORDER BY c.id LIMIT 1",
+                (destination, source, link),
+            )
+            found = await cur.fetchone()
+            if found is not None:
+                target.purchase = Conversion.from_json(bytes(found[0]))
+                (
+                    target.purchase_created_at,
+                    target.delivery_status,
+                    target.delivery_error,
+                    target.next_attempt_at,
+                    target.confirmation,
+                    target.next_check_at,
+                ) = found[1:]
+            cur = await conn.execute(
+                "SELECT c.id, c.data, d.status, s.kind, s.state FROM conversions c"
+                " LEFT JOIN deliveries d ON d.conversion_id = c.id AND d.destination = %s"
+                " LEFT JOIN submissions s ON s.delivery_id = d.id"
+                " WHERE c.source = %s AND c.link_ref = %s AND c.kind = %s ORDER BY c.id",
+                (destination, source, link, REFUND),
+            )
+            for cid, data, status, kind, state in await cur.fetchall():
+                refund = Conversion.from_json(bytes(data))
+                target.refunds.append(
+                    RefundSibling(cid, refund.total, refund.currency, status, kind, state)
+                )
+        return target
 
     # ------------------------------------------------------------ reconcile
 
@@ -1915,3 +2251,84 @@ class PostgresStore(Store):
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_BACKOFF[1])
+
+
+# ---------------------------------------------------------------- submissions (SCHEMA_SUBMISSIONS)
+
+
+@contextlib.asynccontextmanager
+async def _maybe_transaction(
+    conn: psycopg.AsyncConnection[Any], needed: object
+) -> AsyncIterator[None]:
+    """A transaction only when the settlement writes more than its one statement."""
+    if needed is None:
+        yield
+        return
+    async with conn.transaction():
+        yield
+
+
+async def _count(
+    conn: psycopg.AsyncConnection[Any],
+    destination: str,
+    outcome: str,
+    error_type: str,
+    reason: str,
+    n: int,
+) -> None:
+    await conn.execute(
+        "INSERT INTO submission_counts (destination, outcome, error_type, reason, n)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (destination, outcome, error_type, reason)"
+        " DO UPDATE SET n = submission_counts.n + excluded.n",
+        (destination, outcome, error_type, reason, n),
+    )
+
+
+async def _follow(
+    conn: psycopg.AsyncConnection[Any], delivery_id: int, destination: str, f: FollowUp, now: float
+) -> None:
+    """Start following a delivery's submission (replacing an earlier one), or forget the
+    earlier one when this answer gave nothing to follow; inside the settle's transaction."""
+    cur = await conn.execute(
+        "SELECT state FROM submissions WHERE delivery_id = %s FOR UPDATE", (delivery_id,)
+    )
+    old = await cur.fetchone()
+    was_following = old is not None and old[0] == FOLLOWING
+    if f.uri is None:
+        if old is not None:
+            await conn.execute("DELETE FROM submissions WHERE delivery_id = %s", (delivery_id,))
+            if was_following:
+                await _count(conn, destination, FOLLOWING, "", "", -1)
+        return
+    await conn.execute(
+        "INSERT INTO submissions (delivery_id, destination, uri, kind, state, checks, started_at,"
+        " next_check_at, detail, updated_at) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, %s, %s)"
+        " ON CONFLICT (delivery_id) DO UPDATE SET destination = excluded.destination,"
+        " uri = excluded.uri, kind = excluded.kind, state = excluded.state, checks = 0,"
+        " started_at = excluded.started_at, next_check_at = excluded.next_check_at,"
+        " lease_until = NULL, lease_token = NULL, error_type = NULL, error_reason = NULL,"
+        " detail = excluded.detail, updated_at = excluded.updated_at",
+        (
+            delivery_id,
+            destination,
+            f.uri,
+            f.kind,
+            FOLLOWING,
+            now,
+            f.next_check_at,
+            "queued; not looked at yet",
+            now,
+        ),
+    )
+    if not was_following:
+        await _count(conn, destination, FOLLOWING, "", "", 1)
+
+
+async def _retain_memory(conn: psycopg.AsyncConnection[Any], cutoff: float, limit: int) -> Retained:
+    """Retention's last phase: remembered ids neither written nor used since the cutoff."""
+    cur = await conn.execute(
+        "DELETE FROM attribution_memory WHERE ctid IN"
+        " (SELECT ctid FROM attribution_memory WHERE seen_at < %s LIMIT %s)",
+        (cutoff, limit),
+    )
+    return Retained(memories=cur.rowcount, done=cur.rowcount < limit, cursor=("memory",))

@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 7).
+-- relay ledger, PostgreSQL flavour (schema version 8).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
--- version 7 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- version 8 (the console): the SHA-256 of the buyer's normalized email, so a search by
 -- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
 ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
 CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     lease_until     double precision
 );
 
--- version 7 (the console): webhooks by source and outcome and delivery results by
+-- version 8 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (
@@ -153,3 +153,55 @@ CREATE TABLE IF NOT EXISTS destination_states (
     reason      text             NOT NULL,
     fingerprint text
 );
+
+-- ---------------------------------------------------------------- version 7 (SCHEMA_SUBMISSIONS)
+-- impact.com outcomes and reversals, attribution memory (PostgresStore._migrate fills
+-- link_ref for the rows already there when it upgrades from an older version).
+-- The value a refund shares with the purchase it refunds (relay/refunds.py link_ref).
+ALTER TABLE conversions ADD COLUMN IF NOT EXISTS link_ref text;
+CREATE INDEX IF NOT EXISTS conversions_link ON conversions (source, link_ref)
+    WHERE link_ref IS NOT NULL;
+
+-- One followed submission per delivery (a queued answer: impact's QueuedUri).
+CREATE TABLE IF NOT EXISTS submissions (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id   bigint           NOT NULL UNIQUE REFERENCES deliveries (id),
+    destination   text             NOT NULL,
+    uri           text             NOT NULL,
+    kind          text             NOT NULL,
+    state         text             NOT NULL,
+    checks        integer          NOT NULL DEFAULT 0,
+    started_at    double precision NOT NULL,
+    next_check_at double precision,
+    lease_until   double precision,
+    lease_token   text,
+    error_type    text,
+    error_reason  text,
+    detail        text,
+    updated_at    double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS submissions_due ON submissions (destination, next_check_at)
+    WHERE state = 'following';
+
+-- Outcome counters, kept in the transactions that change a submission's state.
+CREATE TABLE IF NOT EXISTS submission_counts (
+    destination text   NOT NULL,
+    outcome     text   NOT NULL,
+    error_type  text   NOT NULL,
+    reason      text   NOT NULL,
+    n           bigint NOT NULL,
+    PRIMARY KEY (destination, outcome, error_type, reason)
+);
+
+-- A customer's remembered attribution ids (RELAY_ATTRIBUTION__MEMORY).
+CREATE TABLE IF NOT EXISTS attribution_memory (
+    source        text             NOT NULL,
+    customer_key  text             NOT NULL,
+    attribution   bytea            NOT NULL,
+    conversion_id bigint,
+    created_at    double precision NOT NULL,
+    updated_at    double precision NOT NULL,
+    seen_at       double precision NOT NULL,  -- the latest conversion time that wrote or used it
+    PRIMARY KEY (source, customer_key)
+);
+CREATE INDEX IF NOT EXISTS attribution_memory_seen ON attribution_memory (seen_at);

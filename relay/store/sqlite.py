@@ -42,15 +42,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+
 from relay import refunds
-from relay.conversion import KINDS, REVENUE_KINDS, Conversion
+from relay.conversion import KINDS, REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
     DELIVERED,
     ERASED_BY_FORGET,
     FAILED,
+    FOLLOWING,
     FORGET,
     PENDING,
+    REJECTED_THERE,
     RESEND,
     RESEND_DETAIL,
     RETENTION,
@@ -60,27 +64,36 @@ from relay.store import (
     DestinationError,
     DisabledDestination,
     EventRecord,
+    FollowUp,
     Forgotten,
     ReconcileState,
     Recorded,
+    RefundSibling,
+    RefundTarget,
     Retained,
     Settlement,
     Store,
     StoredConversion,
     StoredEvent,
+    SubmissionClaim,
+    SubmissionResult,
     customer_key,
     email_hash,
     erase_personal,
+    memory_kind,
     mentions,
+    reason_label,
+    remembered,
     stored_email_hash,
     upper_bound,
 )
 
 log = logging.getLogger("relay.store")
 # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
-# 7: the console (conversions.email_hash, tallies, destination_errors)
-SCHEMA_VERSION = 7
+# 7: submissions; 8: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 8
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (see _upgrade_erasure)
+SCHEMA_SUBMISSIONS = 7  # the version `_upgrade_submissions` brings (renumber here)
 WAL_TRUNCATE_WAIT = 0.5  # seconds one `compact` try waits for other processes' readers…
 WAL_TRUNCATE_TRIES = 4  # …and how many tries before it is left to the next run
 MAX_BATCH = 512
@@ -105,7 +118,7 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_console(conn: sqlite3.Connection) -> None:
-    """Schema 7 (the console): each conversion carries the SHA-256 of its buyer's
+    """Schema 8 (the console): each conversion carries the SHA-256 of its buyer's
     normalized email (`email_hash`, indexed), so a search by email is a lookup. Rows
     recorded before get theirs computed here, once, in the transaction that adds the
     column. (The tallies tables come from sqlite.sql.) Idempotent."""
@@ -129,6 +142,79 @@ def _upgrade_console(conn: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash)"
         " WHERE email_hash IS NOT NULL"
     )
+
+
+def _upgrade_submissions(conn: sqlite3.Connection, from_version: int | None) -> None:
+    """SCHEMA_SUBMISSIONS: impact.com outcomes and reversals, attribution memory.
+
+    - `conversions.link_ref`: the value a refund shares with the purchase it refunds
+      (relay/refunds.py `link_ref`), indexed; filled in for the rows already there.
+    - `submissions`: one followed submission per delivery (a queued answer, impact's
+      QueuedUri) with its state and when to look next; `submission_counts`: outcome
+      counters kept in the same transactions (O(1) for /metrics).
+    - `attribution_memory`: a customer's remembered attribution ids, per source and
+      customer key (RELAY_ATTRIBUTION__MEMORY).
+    Idempotent: every object is created only when missing."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(conversions)")}
+    if "link_ref" not in columns:
+        conn.execute("ALTER TABLE conversions ADD COLUMN link_ref TEXT")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS conversions_link ON conversions (source, link_ref)"
+        " WHERE link_ref IS NOT NULL"
+    )
+    for statement in _SUBMISSIONS_DDL:
+        conn.execute(statement)
+    if from_version is not None and from_version < SCHEMA_SUBMISSIONS:
+        rows = conn.execute(
+            "SELECT id, data FROM conversions WHERE link_ref IS NULL"
+            " AND kind IN ('purchase', 'subscription_renewed', 'refund')"
+        ).fetchall()
+        links = [(refunds.link_ref(Conversion.from_json(data)), row_id) for row_id, data in rows]
+        conn.executemany(
+            "UPDATE conversions SET link_ref = ? WHERE id = ?", [x for x in links if x[0]]
+        )
+
+
+_SUBMISSIONS_DDL = (
+    """CREATE TABLE IF NOT EXISTS submissions (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL UNIQUE REFERENCES deliveries (id),
+        destination   TEXT    NOT NULL,
+        uri           TEXT    NOT NULL,
+        kind          TEXT    NOT NULL,
+        state         TEXT    NOT NULL,
+        checks        INTEGER NOT NULL DEFAULT 0,
+        started_at    REAL    NOT NULL,
+        next_check_at REAL,
+        lease_until   REAL,
+        lease_token   TEXT,
+        error_type    TEXT,
+        error_reason  TEXT,
+        detail        TEXT,
+        updated_at    REAL    NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS submissions_due ON submissions (destination, next_check_at)"
+    " WHERE state = 'following'",
+    """CREATE TABLE IF NOT EXISTS submission_counts (
+        destination TEXT    NOT NULL,
+        outcome     TEXT    NOT NULL,
+        error_type  TEXT    NOT NULL,
+        reason      TEXT    NOT NULL,
+        n           INTEGER NOT NULL,
+        PRIMARY KEY (destination, outcome, error_type, reason)
+    )""",
+    """CREATE TABLE IF NOT EXISTS attribution_memory (
+        source        TEXT NOT NULL,
+        customer_key  TEXT NOT NULL,
+        attribution   BLOB NOT NULL,
+        conversion_id INTEGER,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL,
+        seen_at       REAL NOT NULL,
+        PRIMARY KEY (source, customer_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS attribution_memory_seen ON attribution_memory (seen_at)",
+)
 
 
 class SQLiteStore(Store):
@@ -232,6 +318,7 @@ class SQLiteStore(Store):
             _upgrade_event_status(conn)
             if row[0] is None or row[0] < ERASURE_VERSION:
                 _upgrade_erasure(conn)
+            _upgrade_submissions(conn, row[0])
             _upgrade_console(conn)
             if row[0] != SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
@@ -444,7 +531,9 @@ class SQLiteStore(Store):
         conversions: Sequence[Conversion],
         destinations_for: Callable[[Conversion], Sequence[str]],
     ) -> Recorded:
-        return await self._call(_record, event, conversions, destinations_for)
+        return await self._call(
+            _record, event, conversions, destinations_for, self.attribution_memory
+        )
 
     async def events(
         self,
@@ -481,7 +570,7 @@ class SQLiteStore(Store):
         dry_run: bool = False,
     ) -> Recorded:
         args = (event_row, status, reason, event_id, conversions, destinations_for, now, dry_run)
-        return await self._call(_replay, *args)
+        return await self._call(_replay, *args, self.attribution_memory)
 
     async def conversions_by_key(
         self, keys: Sequence[tuple[str, str, str]]
@@ -564,6 +653,9 @@ class SQLiteStore(Store):
 
     async def _forget_by_keys(self, keys: list[str]) -> tuple[set[int], set[str]]:
         return await self._call(_by_customer_keys, keys)
+
+    async def _forget_memory(self, keys: list[str]) -> int:
+        return await self._call(_forget_memory, keys) if keys else 0
 
     async def _forget_scan_conversions(
         self, email: str, cursor: Any, limit: int
@@ -663,6 +755,32 @@ class SQLiteStore(Store):
 
     async def rate_acquire(self, key: str, per_minute: int, now: float) -> float:
         return await self._call(_rate_acquire, key, per_minute, now)
+
+    async def claim_submissions(
+        self, destinations: Sequence[str], limit: int, lease_seconds: float, now: float
+    ) -> list[SubmissionClaim]:
+        if not destinations or limit <= 0:
+            return []
+        return await self._call(_claim_submissions, tuple(destinations), limit, lease_seconds, now)
+
+    async def settle_submission(
+        self, claim: SubmissionClaim, result: SubmissionResult, now: float
+    ) -> bool:
+        return await self._call(_settle_submission, claim, result, now)
+
+    async def hold_submissions(self, destination: str, until: float) -> int:
+        return await self._call(_hold_submissions, destination, until)
+
+    async def next_submission_due(self, destinations: Sequence[str]) -> float | None:
+        if not destinations:
+            return None
+        return await self._call(_next_submission_due, tuple(destinations))
+
+    async def submission_stats(self) -> dict[str, Any]:
+        return await self._call(_submission_stats)
+
+    async def refund_target(self, conversion_id: int, destination: str) -> RefundTarget:
+        return await self._call(_refund_target, conversion_id, destination)
 
     async def reconcile_lease(
         self, source: str, owner: str, now: float, until: float
@@ -766,6 +884,7 @@ def _record(
     event: EventRecord,
     conversions: Sequence[Conversion],
     destinations_for: Callable[[Conversion], Sequence[str]],
+    memory: str = "first",
 ) -> Recorded:
     cur = conn.execute(
         "INSERT INTO events (source, event_id, event_type, received_at, body, status, reason)"
@@ -784,7 +903,7 @@ def _record(
         return Recorded(duplicate=True)
     assert cur.lastrowid is not None
     return _record_conversions(
-        conn, cur.lastrowid, event.received_at, conversions, destinations_for
+        conn, cur.lastrowid, event.received_at, conversions, destinations_for, memory
     )
 
 
@@ -794,6 +913,7 @@ def _record_conversions(
     now: float,
     conversions: Sequence[Conversion],
     destinations_for: Callable[[Conversion], Sequence[str]],
+    memory: str = "first",
 ) -> Recorded:
     """The conversions of one event (row `event_row`), deduped, and their deliveries."""
     result = Recorded(duplicate=False)
@@ -831,9 +951,16 @@ def _record_conversions(
                 (conversion.source, ckey),
             ).fetchone()
             conversion = conversion.replace(new_customer=prior is None)
+        if ckey and memory_kind(conversion, memory):  # one indexed lookup
+            known = conn.execute(
+                "SELECT attribution FROM attribution_memory WHERE source = ? AND customer_key = ?",
+                (conversion.source, ckey),
+            ).fetchone()
+            if known is not None:
+                conversion = remembered(conversion, memory, orjson.loads(known[0]))
         cur = conn.execute(
             "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-            " occurred_at, created_at, data, email_hash) VALUES (?,?,?,?,?,?,?,?,?)"
+            " occurred_at, created_at, data, link_ref, email_hash) VALUES (?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (source, kind, order_key) DO NOTHING",
             (
                 conversion.source,
@@ -844,6 +971,7 @@ def _record_conversions(
                 conversion.occurred_at.timestamp(),
                 now,
                 conversion.to_json(),
+                refunds.link_ref(conversion),
                 email_hash(conversion.customer.email),
             ),
         )
@@ -851,6 +979,8 @@ def _record_conversions(
             result.known.append(conversion)
             continue
         conversion_id = cur.lastrowid
+        if ckey and memory != "off":
+            _remember(conn, conversion, ckey, conversion_id, now, memory)
         result.conversions.append(conversion)
         for destination in destinations_for(conversion):
             conn.execute(
@@ -860,6 +990,68 @@ def _record_conversions(
             )
             result.deliveries += 1
     return result
+
+
+def _remember(
+    conn: sqlite3.Connection,
+    conversion: Conversion,
+    ckey: str,
+    conversion_id: int | None,
+    now: float,
+    memory: str,
+) -> None:
+    """Attribution memory, in the record's transaction: a conversion that brought ids of
+    its own is remembered (`first`: only if nothing is yet; `last`: replacing); one that
+    was given remembered ids keeps the memory alive. `seen_at` is the latest conversion
+    time that wrote or used it: retention removes a memory seen before its cutoff."""
+    seen = conversion.occurred_at.timestamp()
+    if "attribution_memory" in conversion.refs:
+        conn.execute(
+            "UPDATE attribution_memory SET seen_at = max(seen_at, ?)"
+            " WHERE source = ? AND customer_key = ?",
+            (seen, conversion.source, ckey),
+        )
+    elif conversion.attribution:
+        update = (
+            "DO UPDATE SET attribution = excluded.attribution,"
+            " conversion_id = excluded.conversion_id, updated_at = excluded.updated_at,"
+            " seen_at = max(seen_at, excluded.seen_at)"
+            if memory == "last"
+            else "DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO attribution_memory (source, customer_key, attribution, conversion_id,"
+            " created_at, updated_at, seen_at) VALUES (?,?,?,?,?,?,?)"
+            f" ON CONFLICT (source, customer_key) {update}",
+            (
+                conversion.source,
+                ckey,
+                orjson.dumps(conversion.attribution),
+                conversion_id,
+                now,
+                now,
+                seen,
+            ),
+        )
+
+
+def _retain_memory(conn: sqlite3.Connection, cutoff: float, limit: int) -> Retained:
+    """Retention's last phase: remembered ids neither written nor used since the cutoff."""
+    cur = conn.execute(
+        "DELETE FROM attribution_memory WHERE rowid IN"
+        " (SELECT rowid FROM attribution_memory WHERE seen_at < ? LIMIT ?)",
+        (cutoff, limit),
+    )
+    return Retained(memories=cur.rowcount, done=cur.rowcount < limit, cursor=("memory",))
+
+
+def _forget_memory(conn: sqlite3.Connection, keys: list[str]) -> int:
+    """`forget`: the buyer's remembered ids, under any of their customer keys."""
+    marks = ",".join("?" * len(keys))
+    return conn.execute(
+        f"DELETE FROM attribution_memory WHERE customer_key IN ({marks})",  # noqa: S608
+        keys,
+    ).rowcount
 
 
 _EVENT_COLUMNS = "id, source, event_id, event_type, status, reason, received_at, replayed_at"
@@ -915,6 +1107,7 @@ def _replay(
     destinations_for: Callable[[Conversion], Sequence[str]],
     now: float,
     dry_run: bool,
+    memory: str = "first",
 ) -> Recorded:
     row = conn.execute("SELECT source, event_id FROM events WHERE id = ?", (event_row,)).fetchone()
     if row is None:
@@ -932,7 +1125,7 @@ def _replay(
                 " (SELECT 1 FROM events WHERE source = ? AND event_id = ?)",
                 (event_id, event_row, row[0], event_id),
             )
-        return _record_conversions(conn, event_row, now, conversions, destinations_for)
+        return _record_conversions(conn, event_row, now, conversions, destinations_for, memory)
     finally:
         if dry_run:
             conn.execute("ROLLBACK TO replay_dry_run")
@@ -1103,6 +1296,8 @@ def _settle(conn: sqlite3.Connection, claim: Claim, s: Settlement, now: float) -
                 a.detail[:1000],
             ),
         )
+    if s.follow_up is not None and s.status == DELIVERED:
+        _follow(conn, claim.delivery_id, claim.destination, s.follow_up, now)
     return True
 
 
@@ -1153,6 +1348,7 @@ def _deliveries(
         " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
         f" {_DELIVERY_TAIL}"
         " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY d.id DESC LIMIT ?"
     )
@@ -1162,7 +1358,9 @@ def _deliveries(
 # The DeliveryRow columns after the first five (d.id … CASE next_attempt_at).
 _DELIVERY_TAIL = (
     "d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at,"
-    " d.updated_at, c.erased_by, d.conversion_id"
+    " d.updated_at, c.erased_by,"
+    " CASE WHEN d.status <> 'pending' THEN s.state END,"
+    " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
 )
 _DELIVERY_COLUMNS = (
     "d.id, d.destination, d.status, d.attempts,"
@@ -1319,6 +1517,7 @@ def _delivery_page(
     sql = (
         f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608 - no value interpolated
         " JOIN conversions c ON c.id = d.conversion_id"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
         f" WHERE {' AND '.join(where)} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
     )
     rows: list[DeliveryRow] = []
@@ -1352,6 +1551,7 @@ def _conversion_deliveries(conn: sqlite3.Connection, conversion_id: int) -> list
         for row in conn.execute(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608
             " JOIN conversions c ON c.id = d.conversion_id"
+            " LEFT JOIN submissions s ON s.delivery_id = d.id"
             " WHERE d.conversion_id = ? ORDER BY d.destination",
             (conversion_id,),
         )
@@ -1413,6 +1613,8 @@ def _retain(
     events without conversions (from the walk's saved position)."""
     result = Retained(done=False)
     phase = cursor[0] if cursor else "conversions"
+    if phase == "memory":
+        return _retain_memory(conn, cutoff, limit)
     if phase == "conversions":
         after_at, after_id = (cursor[1], cursor[2]) if cursor else (float("-inf"), 0)
         rows = conn.execute(
@@ -1465,6 +1667,8 @@ def _retain(
         (position,),
     )
     result.cursor = ("events",)
+    if result.done:  # then the remembered attribution ids (_retain_memory)
+        result.done, result.cursor = False, ("memory",)
     return result
 
 
@@ -1676,6 +1880,231 @@ def _rate_acquire(conn: sqlite3.Connection, key: str, per_minute: int, now: floa
             (key, count - per_minute),
         ).fetchone()[0]
     return max(0.001, oldest + 60.0 - now)
+
+
+# ---------------------------------------------------------------- submissions (SCHEMA_SUBMISSIONS)
+
+
+def _count(
+    conn: sqlite3.Connection, destination: str, outcome: str, error_type: str, reason: str, n: int
+) -> None:
+    conn.execute(
+        "INSERT INTO submission_counts (destination, outcome, error_type, reason, n)"
+        " VALUES (?,?,?,?,?) ON CONFLICT (destination, outcome, error_type, reason)"
+        " DO UPDATE SET n = n + excluded.n",
+        (destination, outcome, error_type, reason, n),
+    )
+
+
+def _follow(
+    conn: sqlite3.Connection, delivery_id: int, destination: str, f: FollowUp, now: float
+) -> None:
+    """Start following a delivery's submission (it replaces an earlier one), or forget the
+    earlier one when this answer gave nothing to follow."""
+    old = conn.execute(
+        "SELECT state FROM submissions WHERE delivery_id = ?", (delivery_id,)
+    ).fetchone()
+    was_following = old is not None and old[0] == FOLLOWING
+    if f.uri is None:
+        if old is not None:
+            conn.execute("DELETE FROM submissions WHERE delivery_id = ?", (delivery_id,))
+            if was_following:
+                _count(conn, destination, FOLLOWING, "", "", -1)
+        return
+    conn.execute(
+        "INSERT INTO submissions (delivery_id, destination, uri, kind, state, checks, started_at,"
+        " next_check_at, detail, updated_at) VALUES (?,?,?,?,?,0,?,?,?,?)"
+        " ON CONFLICT (delivery_id) DO UPDATE SET destination = excluded.destination,"
+        " uri = excluded.uri, kind = excluded.kind, state = excluded.state, checks = 0,"
+        " started_at = excluded.started_at, next_check_at = excluded.next_check_at,"
+        " lease_until = NULL, lease_token = NULL, error_type = NULL, error_reason = NULL,"
+        " detail = excluded.detail, updated_at = excluded.updated_at",
+        (
+            delivery_id,
+            destination,
+            f.uri,
+            f.kind,
+            FOLLOWING,
+            now,
+            f.next_check_at,
+            "queued; not looked at yet",
+            now,
+        ),
+    )
+    if not was_following:
+        _count(conn, destination, FOLLOWING, "", "", 1)
+
+
+def _claim_submissions(
+    conn: sqlite3.Connection,
+    destinations: tuple[str, ...],
+    limit: int,
+    lease_seconds: float,
+    now: float,
+) -> list[SubmissionClaim]:
+    token = uuid.uuid4().hex
+    marks = ",".join("?" * len(destinations))
+    rows = conn.execute(
+        f"""
+        UPDATE submissions SET lease_until = ?, lease_token = ?
+         WHERE id IN (
+               SELECT id FROM submissions
+                WHERE state = 'following' AND destination IN ({marks})
+                  AND next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                ORDER BY next_check_at LIMIT ?)
+        RETURNING id, delivery_id, destination, uri, kind, checks, started_at
+        """,  # noqa: S608 - only placeholders are interpolated
+        (now + lease_seconds, token, *destinations, now, now, limit),
+    ).fetchall()
+    claims = []
+    for sub_id, delivery_id, destination, uri, kind, checks, started in rows:
+        found = conn.execute(
+            "SELECT c.order_key, d.attempts FROM deliveries d"
+            " JOIN conversions c ON c.id = d.conversion_id WHERE d.id = ?",
+            (delivery_id,),
+        ).fetchone()
+        order_key, attempts = found if found else ("", 0)
+        claims.append(
+            SubmissionClaim(
+                sub_id,
+                delivery_id,
+                destination,
+                uri,
+                kind,
+                checks,
+                started,
+                token,
+                order_key,
+                attempts,
+            )
+        )
+    return claims
+
+
+def _settle_submission(
+    conn: sqlite3.Connection, claim: SubmissionClaim, r: SubmissionResult, now: float
+) -> bool:
+    cur = conn.execute(
+        "UPDATE submissions SET state = ?, checks = checks + ?, next_check_at = ?,"
+        " lease_until = NULL, lease_token = NULL, error_type = ?, error_reason = ?, detail = ?,"
+        " updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'following'",
+        (
+            r.state,
+            1 if r.counted else 0,
+            r.next_check_at,
+            r.error_type,
+            r.error_reason,
+            r.detail[:1000],
+            now,
+            claim.id,
+            claim.lease_token,
+        ),
+    )
+    if cur.rowcount == 0:
+        return False
+    if r.attempt is not None:
+        a = r.attempt
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, outcome,"
+            " status_code, detail) VALUES (?,?,?,?,?,?,?)",
+            (
+                claim.delivery_id,
+                claim.attempt,
+                a.started_at,
+                a.duration_ms,
+                a.outcome,
+                a.status_code,
+                a.detail[:1000],
+            ),
+        )
+    if r.state != FOLLOWING:
+        _count(conn, claim.destination, FOLLOWING, "", "", -1)
+        _count(
+            conn, claim.destination, r.state, r.error_type or "", reason_label(r.error_reason), 1
+        )
+    if r.state == REJECTED_THERE and r.delivery_error:
+        conn.execute(
+            "UPDATE deliveries SET status = 'failed', last_error = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'delivered'",
+            (r.delivery_error[:1000], now, claim.delivery_id),
+        )
+    return True
+
+
+def _hold_submissions(conn: sqlite3.Connection, destination: str, until: float) -> int:
+    cur = conn.execute(
+        "UPDATE submissions SET next_check_at = ? WHERE destination = ? AND state = 'following'"
+        " AND next_check_at < ?",
+        (until, destination, until),
+    )
+    return cur.rowcount
+
+
+def _next_submission_due(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> float | None:
+    marks = ",".join("?" * len(destinations))
+    row = conn.execute(
+        f"SELECT min(max(next_check_at, coalesce(lease_until, 0))) FROM submissions"  # noqa: S608
+        f" WHERE state = 'following' AND destination IN ({marks})",
+        destinations,
+    ).fetchone()
+    return row[0]
+
+
+def _submission_stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    following: dict[str, int] = {}
+    outcomes: dict[tuple[str, str, str, str], int] = {}
+    for dest, outcome, error_type, reason, n in conn.execute(
+        "SELECT destination, outcome, error_type, reason, n FROM submission_counts"
+    ):
+        if outcome == FOLLOWING:
+            following[dest] = following.get(dest, 0) + n
+        else:
+            outcomes[(dest, outcome, error_type, reason)] = n
+    return {"following": following, "outcomes": outcomes}
+
+
+def _refund_target(conn: sqlite3.Connection, conversion_id: int, destination: str) -> RefundTarget:
+    row = conn.execute(
+        "SELECT source, link_ref FROM conversions WHERE id = ?", (conversion_id,)
+    ).fetchone()
+    if row is None or row[1] is None:
+        return RefundTarget(link=None)
+    source, link = row
+    target = RefundTarget(link=link)
+    purchase = conn.execute(
+        "SELECT id, data, created_at FROM conversions WHERE source = ? AND link_ref = ?"
+        " AND kind IN ('purchase', 'subscription_renewed') ORDER BY id LIMIT 1",
+        (source, link),
+    ).fetchone()
+    if purchase is not None:
+        target.purchase = Conversion.from_json(purchase[1])
+        target.purchase_created_at = purchase[2]
+        found = conn.execute(
+            "SELECT d.status, d.last_error, d.next_attempt_at, s.state, s.next_check_at"
+            " FROM deliveries d LEFT JOIN submissions s ON s.delivery_id = d.id"
+            " WHERE d.conversion_id = ? AND d.destination = ?",
+            (purchase[0], destination),
+        ).fetchone()
+        if found is not None:
+            (
+                target.delivery_status,
+                target.delivery_error,
+                target.next_attempt_at,
+                target.confirmation,
+                target.next_check_at,
+            ) = found
+    for cid, data, status, kind, state in conn.execute(
+        "SELECT c.id, c.data, d.status, s.kind, s.state FROM conversions c"
+        " LEFT JOIN deliveries d ON d.conversion_id = c.id AND d.destination = ?"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
+        " WHERE c.source = ? AND c.link_ref = ? AND c.kind = ? ORDER BY c.id",
+        (destination, source, link, REFUND),
+    ):
+        refund = Conversion.from_json(data)
+        target.refunds.append(
+            RefundSibling(cid, refund.total, refund.currency, status, kind, state)
+        )
+    return target
 
 
 def path_problem(path: str) -> str | None:

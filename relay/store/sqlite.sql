@@ -1,5 +1,7 @@
--- relay ledger, SQLite flavour (schema version 7; columns and steps added after version 1
+-- relay ledger, SQLite flavour (schema version 8; columns and steps added after version 1
 -- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
+-- The tables of version 7 (impact.com submissions, attribution memory) are created by
+-- SQLiteStore._upgrade_submissions.
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS events (
@@ -95,7 +97,7 @@ CREATE TABLE IF NOT EXISTS destination_states (
     fingerprint TEXT
 );
 
--- version 7 (the console): webhooks by source and outcome and delivery results by
+-- version 8 (the console): webhooks by source and outcome and delivery results by
 -- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
 -- destination's last failed attempt; written every few seconds by relay.tally.
 CREATE TABLE IF NOT EXISTS tallies (

@@ -265,7 +265,7 @@ def test_impact_rate_limit_reset_forms():
 
 DEFAULT_KINDS = {
     "simmer": ["purchase", "subscription_renewed"],
-    "impact": ["purchase", "subscription_renewed"],
+    "impact": ["purchase", "subscription_renewed", "refund"],  # refunds reverse the action
     "pagent": ["purchase", "subscription_renewed"],
     "topmail": ["purchase", "subscription_started", "subscription_renewed"],
     "converge": ["purchase", "subscription_started", "subscription_renewed", "subscription_cancelled"],
@@ -287,13 +287,14 @@ def test_every_default_kind_reaches_the_stand_in(name, stand_ins):
         conv = sample(kind, total=Decimal("10.00"), tax=Decimal("0"), subtotal=Decimal("10.00"),
                       items=(Item(quantity=1, price=Decimal("10.00"), sku="S"),))
         assert dest.accepts(conv) == (kind in DEFAULT_KINDS[name]), (name, kind)
-        if not dest.accepts(conv):
-            continue
+        if not dest.accepts(conv) or (kind == "refund" and dest.reverses):
+            continue  # impact's refunds change the purchase's action (test_impact_refunds.py)
         built = dest.build(conv, now())
         assert not isinstance(built, Skip), (name, kind, built)
         response = send(built)
         assert response.status_code in (200, 201), (name, kind, response.text)
-    assert len(emu.accepted) == len(DEFAULT_KINDS[name]) and emu.rejected == []
+    sent = [k for k in DEFAULT_KINDS[name] if not (k == "refund" and dest.reverses)]
+    assert len(emu.accepted) == len(sent) and emu.rejected == []
 
 
 def test_converge_event_name_per_kind_and_topmail_type_per_kind(converge_emu, topmail_emu):

@@ -209,7 +209,7 @@ async def test_oldest_pending_per_destination(store: Store) -> None:
     assert await store.oldest_pending([]) == {}
 
 
-async def test_a_schema_4_ledger_gets_email_hashes_in_place(store_url: str) -> None:
+async def test_a_ledger_from_before_the_console_gets_email_hashes_in_place(store_url: str) -> None:
     first = open_store(store_url)
     await first.open()
     now = time.time()
@@ -219,7 +219,7 @@ async def test_a_schema_4_ledger_gets_email_hashes_in_place(store_url: str) -> N
                        everywhere)
     await first.close()
     drop = ["DROP INDEX conversions_email", "ALTER TABLE conversions DROP COLUMN email_hash",
-            "UPDATE schema_version SET version = 4"]
+            "UPDATE schema_version SET version = 7"]
     if store_url.startswith("sqlite"):
         with sqlite3.connect(store_url.split("sqlite:///", 1)[1]) as conn:
             for statement in drop:
