@@ -1,5 +1,6 @@
 """The web app: `POST /webhooks/<source>`, `GET /healthz`, `GET /metrics` (behind
-`Authorization: Bearer $RELAY_ADMIN_TOKEN` when that is set), `GET /relay.js`.
+`Authorization: Bearer $RELAY_ADMIN_TOKEN` when that is set), `GET /relay.js`, and the
+console under `/console` when RELAY_ADMIN_TOKEN is set (relay/console/).
 
 `create_app(settings)` wires the store, the sources, the destinations and (by
 default) the delivery worker into one Starlette app. A webhook is answered 200
@@ -25,7 +26,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from relay.destinations import Destination, build_destinations
 from relay.enrich import build_enricher
@@ -38,6 +39,7 @@ from relay.reconcile import Reconciler
 from relay.settings import Settings, load_settings
 from relay.sources import Source, build_sources
 from relay.store import Store, open_store
+from relay.tally import Tally
 from relay.thin import ThinEvents
 from relay.throttle import Throttle
 from relay.worker import Worker
@@ -109,9 +111,12 @@ def create_app(
         destinations=build_destinations(settings),
     )
 
+    tally = Tally(relay.store, relay.metrics)  # the 24 h figures of the console
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await relay.store.open()
+        tally.start()
         task = None
         enricher = None
         reconciler: Reconciler | None = None
@@ -163,6 +168,7 @@ def create_app(
                     await task
             if enricher is not None:
                 await enricher.aclose()
+            await tally.stop()
             await relay.store.close()
 
     async def webhook(request: Request) -> Response:
@@ -201,16 +207,19 @@ def create_app(
             return JSON({"error": "store unavailable"}, status_code=503)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app = Starlette(
-        routes=[
-            Route("/webhooks/{source}", webhook, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/relay.js", browser_script(), methods=["GET", "HEAD"]),
-        ],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        Route("/webhooks/{source}", webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/relay.js", browser_script(), methods=["GET", "HEAD"]),
+    ]
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        from relay import console  # without the token nothing is mounted: /console… is 404
+
+        routes.append(Mount("/console", app=console.build(relay)))
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.relay = relay
+    app.state.tally = tally
     return app
 
 

@@ -217,6 +217,7 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
     from relay.enrich import build_enricher
     from relay.metrics import Metrics
     from relay.reconcile import Reconciler
+    from relay.tally import Tally
     from relay.thin import ThinEvents
     from relay.worker import Worker
 
@@ -225,16 +226,19 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         await store.open()
         enricher = build_enricher(settings)
         destinations = build_destinations(settings)
+        metrics = Metrics()
         w = Worker(
             store,
             destinations,
             settings.worker,
-            metrics=Metrics(),
+            metrics=metrics,
             enrich=enricher,
             retention_days=settings.retention_days,
         )
         reconciler = Reconciler(settings, store, destinations, wake=w.wake)
         thin = ThinEvents(settings, store, destinations, wake=w.wake)
+        tally = Tally(store, metrics)  # delivery results for the console's 24 h figures
+        tally.start()
 
         async def stop() -> None:
             await reconciler.stop()
@@ -249,6 +253,7 @@ def worker(settings: Settings, args: argparse.Namespace) -> None:
         finally:
             if enricher is not None:
                 await enricher.aclose()
+            await tally.stop()
             await store.close()
 
     asyncio.run(run())

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from relay.store import STATUSES
+from relay.store import STATUSES, DestinationError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -44,12 +44,19 @@ class Metrics:
             registry=self.registry,
         )
         self._stats: dict[str, Any] = {}
+        # The newest failed attempt per destination in this process (relay.tally saves it).
+        self.failures: dict[str, DestinationError] = {}
 
     def webhook(self, source: str, outcome: str) -> None:
         self.webhooks.labels(source, outcome).inc()
 
     def settled(self, destination: str, outcome: str) -> None:
         self.deliveries.labels(destination, outcome).inc()
+
+    def attempt_failed(
+        self, destination: str, delivery_id: int, status_code: int | None, error: str
+    ) -> None:
+        self.failures[destination] = DestinationError(time.time(), error, status_code, delivery_id)
 
     def delivered(self, destination: str, seconds: float) -> None:
         self.latency.labels(destination).observe(max(0.0, seconds))

@@ -747,6 +747,9 @@ def settings_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
     return [f"{name} is not a relay setting; ignored" for name in harmless]
 
 
+ADMIN_TOKEN_MIN_LENGTH = 16  # RELAY_ADMIN_TOKEN: long enough that guessing it is hopeless
+
+
 def value_problems(
     settings: Settings,
     invalid: set[tuple[str, ...]] | frozenset[tuple[str, ...]] = frozenset(),
@@ -774,6 +777,14 @@ def value_problems(
             yield from _value_rules((name,), value, where)
     if ("database_url",) not in invalid:
         yield from _database_url_problems(settings)
+    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    if ("admin_token",) not in invalid and 0 < len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        yield (
+            ("admin_token",),
+            f"{where('admin_token')} must be at least {ADMIN_TOKEN_MIN_LENGTH} characters: it"
+            " guards the console and /metrics; make one with"
+            " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
     try:
         settings.listen_port  # noqa: B018 - validates PORT
     except ConfigError as exc:

@@ -768,6 +768,10 @@ class Worker:
             self.metrics.settled(
                 claim.destination, settlement.status if settlement.count_attempt else "deferred"
             )
+            if settlement.error and settlement.count_attempt and settlement.status != S_SKIPPED:
+                self.metrics.attempt_failed(
+                    claim.destination, claim.delivery_id, settlement.status_code, settlement.error
+                )
         if settlement.status == S_DELIVERED:
             log.info("delivered %s status=%s ms=%.1f", tag, settlement.status_code, elapsed)
             if settlement.follow_up is not None and settlement.follow_up.uri:

@@ -7,6 +7,10 @@ driven by Selenium), and a small static site on 127.0.0.1 to load pages from.
         with Site({"/": "<p>hi</p>"}) as site:
             browser.get(site.url + "/")
 
+    with launch(javascript=False, phone=(390, 844)) as driver:  # other settings, or several
+        driver.get(url)
+        screenshot(driver, tmp_path / "page.png")               # the whole page, not the window
+
 The driver path is given explicitly, so Selenium Manager never downloads
 anything; every run gets a fresh profile. Without Chromium the tests that use
 the fixture are skipped with a reason that says how to install it (.ci/run does).
@@ -14,6 +18,7 @@ the fixture are skipped with a reason that says how to install it (.ci/run does)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -49,6 +54,16 @@ def available() -> bool:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    with launch() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def launch(*, javascript: bool = True, phone: tuple[int, int] | None = None,
+           window: str = "1100,800") -> Iterator[Any]:
+    """A fresh headless Chromium (skips the test without one). `javascript=False` turns
+    scripts off as a user's setting does; `phone=(width, height)` emulates a phone's
+    screen in CSS pixels (device pixel ratio 2, a mobile user agent)."""
     if not available():
         pytest.skip(MISSING)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never reach the network
@@ -59,8 +74,20 @@ def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
-        options.add_argument(flag)
+        if not flag.startswith("--window-size"):
+            options.add_argument(flag)
+    options.add_argument(f"--window-size={window}")
     options.add_argument(f"--user-data-dir={profile}")
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
+    if phone is not None:
+        options.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": phone[0], "height": phone[1], "pixelRatio": 2.0},
+            "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36"
+                         " (KHTML, like Gecko) Chrome/150.0 Mobile Safari/537.36",
+        })
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     driver.set_script_timeout(30)
@@ -69,6 +96,21 @@ def browser() -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def screenshot(driver: Any, path: str | os.PathLike[str]) -> None:
+    """The whole page, not only the window, as a PNG (Chrome DevTools; works without
+    JavaScript too, since it does not run in the page)."""
+    import base64
+
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png",
+        "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+    })
+    with open(path, "wb") as out:
+        out.write(base64.b64decode(shot["data"]))
 
 
 class Site:

@@ -39,9 +39,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from relay.conversion import Conversion, Customer
 
@@ -177,6 +179,7 @@ class DeliveryRow:
     # following | accepted | duplicate | rejected | unresolved, and what the last look saw.
     confirmation: str | None = None
     confirmation_detail: str | None = None
+    conversion_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -268,6 +271,34 @@ class RefundTarget:
 
 
 @dataclass(slots=True)
+class StoredConversion:
+    """A conversion row as the console shows it: the row ids, when it was recorded, and
+    the normalized conversion."""
+
+    id: int
+    event_row: int
+    created_at: float
+    conversion: Conversion
+    erased: str | None = None  # RETENTION or FORGET: its personal data is gone
+
+
+@dataclass(slots=True)
+class DestinationError:
+    """The most recent failed attempt at one destination (`add_tallies` keeps it)."""
+
+    at: float
+    error: str
+    status_code: int | None = None
+    delivery_id: int | None = None
+
+
+# Tally kinds (`add_tallies`): webhooks by source and outcome, delivery results by
+# destination and outcome, counted per hour.
+TALLY_WEBHOOK = "webhook"
+TALLY_DELIVERY = "delivery"
+
+
+@dataclass(slots=True)
 class ReconcileState:
     """One source's reconcile (relay/reconcile.py): how far the processor's API has been read
     and who is reading it now."""
@@ -345,10 +376,12 @@ class Store(abc.ABC):
         ids: Sequence[int] = (),
         with_body: bool = False,
         oldest_first: bool = False,
+        before: tuple[float, int] | None = None,
     ) -> list[StoredEvent]:
         """Stored events by time received, newest first (oldest first for replay),
         filtered by status, source, received at or after `since`, and row ids.
-        `limit=None`: all of them. Bodies only `with_body`."""
+        `limit=None`: all of them. Bodies only `with_body`. `before` (received_at, id):
+        only events listed after that one, newest first (keyset paging)."""
 
     @abc.abstractmethod
     async def replay(
@@ -573,6 +606,80 @@ class Store(abc.ABC):
         the per-connection counter rows of `stats`. False when it could not finish now."""
         return True
 
+    # ------------------------------------------------------------ console reads
+    #
+    # Every read below costs the same whatever the size of the ledger: each one walks an
+    # index for at most the rows it returns (or a bounded window of recent time).
+
+    @abc.abstractmethod
+    async def add_tallies(
+        self,
+        hour: int,
+        counts: Mapping[tuple[str, str, str], int],
+        errors: Mapping[str, DestinationError],
+        prune_before: int,
+    ) -> None:
+        """Add `counts` ((kind, name, outcome) → n, kind TALLY_WEBHOOK or TALLY_DELIVERY) to
+        the per-hour tallies of `hour` (epoch seconds of the hour's start), keep the newer
+        of each destination's last error, and drop hours before `prune_before`. Adding is
+        commutative, so processes sharing a ledger may each add their own counts."""
+
+    @abc.abstractmethod
+    async def tallies(self, since_hour: int) -> dict[tuple[str, str, str], int]:
+        """The tallies of the hours from `since_hour` on, summed per (kind, name, outcome)."""
+
+    @abc.abstractmethod
+    async def destination_errors(self) -> dict[str, DestinationError]:
+        """Each destination's most recent failed attempt, as `add_tallies` kept it."""
+
+    @abc.abstractmethod
+    async def oldest_pending(self, destinations: Sequence[str]) -> dict[str, float]:
+        """When the oldest pending delivery of each destination was recorded (destinations
+        with nothing pending are left out)."""
+
+    @abc.abstractmethod
+    async def delivery_page(
+        self,
+        statuses: Sequence[str],
+        destinations: Sequence[str],
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRow]:
+        """Deliveries in these statuses to these destinations, newest first (by the time
+        recorded, then id), listed after `before` = (created_at, id) of the last one shown
+        (keyset paging), of conversions from `source`, recorded in [since, until). Each
+        (status, destination) pair is a range of the deliveries_status_age index
+        (status, destination, created_at) and the pairs are merged, so a page reads about
+        `limit` rows per pair, not the ledger."""
+
+    @abc.abstractmethod
+    async def conversion(self, conversion_id: int) -> StoredConversion | None:
+        """One conversion by row id."""
+
+    @abc.abstractmethod
+    async def conversion_deliveries(self, conversion_id: int) -> list[DeliveryRow]:
+        """The deliveries of one conversion, by destination."""
+
+    @abc.abstractmethod
+    async def find_conversions(
+        self,
+        sources: Sequence[str],
+        order_key: str | None = None,
+        email_hash: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredConversion]:
+        """Conversions with this order key (any of `sources`, any kind) or whose buyer's
+        email has this `email_hash` (see `email_hash()`), newest first, ids below
+        `before`. Both are index lookups."""
+
+    @abc.abstractmethod
+    async def find_events(self, sources: Sequence[str], event_id: str) -> list[StoredEvent]:
+        """The stored events with this processor event id (any of `sources`), no body."""
+
     # ---------------------------------------------------------------- reconcile
 
     @abc.abstractmethod
@@ -722,6 +829,33 @@ def customer_key(conversion: Conversion) -> str | None:
     if conversion.customer.email:
         return email_key(conversion.customer.email)
     return None
+
+
+def upper_bound(
+    before: tuple[float, int] | None, until: float | None
+) -> tuple[tuple[float, int] | None, float | None]:
+    """A page's one upper bound on (created_at, id): the keyset position `before` or the
+    end of the time range `until`, whichever is lower (it implies the other). Given both,
+    SQLite walks its index from the higher one and filters its way down to the other."""
+    if before is None or until is None:
+        return before, until
+    return (before, None) if before[0] < until else (None, until)
+
+
+def email_hash(email: str | None) -> str | None:
+    """SHA-256 (hex) of the normalized email (trimmed, lower case): stored with each
+    conversion and indexed, so a search by email is a lookup and never reads emails."""
+    if not email or not email.strip():
+        return None
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def stored_email_hash(data: bytes) -> str | None:
+    """`email_hash` of a stored conversion's JSON (`Conversion.to_json`): what the schema
+    upgrade computes for rows recorded before conversions carried it."""
+    customer = orjson.loads(data).get("customer") or {}
+    email = customer.get("email")
+    return email_hash(email) if isinstance(email, str) else None
 
 
 # refs keys that point at a person rather than at an order (removed with the personal data)

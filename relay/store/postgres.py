@@ -51,7 +51,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
@@ -64,7 +64,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from relay import refunds
-from relay.conversion import REFUND, REVENUE_KINDS, Conversion
+from relay.conversion import KINDS, REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.settings import mask_url
 from relay.store import (
@@ -81,6 +81,7 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DestinationError,
     DisabledDestination,
     EventRecord,
     FollowUp,
@@ -92,19 +93,25 @@ from relay.store import (
     Retained,
     Settlement,
     Store,
+    StoredConversion,
     StoredEvent,
     SubmissionClaim,
     SubmissionResult,
     customer_key,
+    email_hash,
     erase_personal,
     memory_kind,
     mentions,
     reason_label,
     remembered,
+    stored_email_hash,
+    upper_bound,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 7  # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states; 7: submissions
+# 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
+# 7: submissions; 8: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 8
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (_ERASURE_STEP)
 SCHEMA_SUBMISSIONS = 7  # the version whose link_ref is filled in for older rows (renumber here)
 CHANNEL = "relay_deliveries"
@@ -234,11 +241,11 @@ _EARLIER_SQL = (
 _CONVERSIONS_SQL = """
 WITH ins AS (
     INSERT INTO conversions (source, kind, order_key, event_row, customer_key, occurred_at,
-                             created_at, data, link_ref)
+                             created_at, data, link_ref, email_hash)
     SELECT * FROM unnest(%(source)b::text[], %(kind)b::text[], %(order_key)b::text[],
                          %(event_row)b::bigint[], %(customer_key)b::text[],
                          %(occurred_at)b::float8[], %(created_at)b::float8[], %(data)b::bytea[],
-                         %(link_ref)b::text[])
+                         %(link_ref)b::text[], %(email_hash)b::text[])
     ON CONFLICT (source, kind, order_key) DO NOTHING
     RETURNING id, source, kind, order_key
 ), dl AS (
@@ -255,6 +262,87 @@ WITH ins AS (
 )
 SELECT id, source, kind, order_key, (SELECT count(*) FROM note) FROM ins
 """
+
+
+async def _hash_existing_emails(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Schema 8: the email hash of every conversion recorded before conversions carried
+    one, computed with the same Python as new rows get (`stored_email_hash`)."""
+    after = 0
+    while True:
+        cur = await conn.execute(
+            "SELECT id, data FROM conversions WHERE id > %s ORDER BY id LIMIT 1000", (after,)
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return
+        after = rows[-1][0]
+        pairs = [(row_id, stored_email_hash(bytes(data))) for row_id, data in rows]
+        pairs = [(row_id, hashed) for row_id, hashed in pairs if hashed is not None]
+        if pairs:
+            await conn.execute(
+                "UPDATE conversions c SET email_hash = t.hash"
+                " FROM unnest(%s::bigint[], %s::text[]) AS t (id, hash) WHERE c.id = t.id",
+                ([p[0] for p in pairs], [p[1] for p in pairs]),
+            )
+
+
+_DELIVERY_COLUMNS = sql.SQL(
+    "d.id, d.destination, d.status, d.attempts,"
+    " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
+    " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
+    " d.created_at, d.updated_at, c.erased_by,"
+    " CASE WHEN d.status <> 'pending' THEN s.state END,"
+    " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
+)
+
+
+def delivery_page_sql(
+    statuses: Sequence[str],
+    destinations: Sequence[str],
+    source: str | None,
+    since: float | None,
+    until: float | None,
+    before: tuple[float, int] | None,
+    limit: int,
+) -> tuple[sql.Composed, list[Any]]:
+    """The statement of `delivery_page`: one walk down deliveries_status_age (status,
+    destination, created_at) per (status, destination) pair, merged (a Merge Append).
+    Each pair is its own branch with its own values, so the planner estimates each from
+    the table's statistics; over an array of pairs (a LATERAL join) it could not see
+    them. The keyset position is `created_at <= t` (an index range the statistics
+    estimate well) and the tie on t broken by id; the first page has none."""
+    before, until = upper_bound(before, until)
+    where = [sql.SQL("d.status = %s AND d.destination = %s")]
+    args: list[Any] = []
+    if before is not None:
+        where.append(sql.SQL("d.created_at <= %s AND (d.created_at < %s OR d.id < %s)"))
+        args.extend((before[0], before[0], before[1]))
+    if since is not None:
+        where.append(sql.SQL("d.created_at >= %s"))
+        args.append(since)
+    if until is not None:
+        where.append(sql.SQL("d.created_at < %s"))
+        args.append(until)
+    if source:
+        where.append(sql.SQL("c.source = %s"))
+        args.append(source)
+    branch = sql.SQL(
+        "(SELECT {columns} FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
+        " WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT %s)"
+    ).format(columns=_DELIVERY_COLUMNS, where=sql.SQL(" AND ").join(where))
+    pairs = [(s, d) for s in statuses for d in destinations]
+    query = sql.SQL(
+        "SELECT * FROM ({branches}) x ORDER BY x.created_at DESC, x.id DESC LIMIT %s"
+    ).format(branches=sql.SQL(" UNION ALL ").join([branch] * len(pairs)))
+    values = [v for s, d in pairs for v in (s, d, *args, limit)]
+    return query, [*values, limit]
+
+
+def _stored_conversion(row: Sequence[Any]) -> StoredConversion:
+    return StoredConversion(
+        int(row[0]), int(row[1]), float(row[2]), Conversion.from_json(bytes(row[3])), row[4]
+    )
 
 
 _STATE_COLUMNS = (
@@ -434,7 +522,14 @@ class PostgresStore(Store):
         schema = resources.files("relay.store").joinpath("postgres.sql").read_text()
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            cur = await conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = 'conversions' AND column_name = 'email_hash'"
+            )
+            had_email_hash = await cur.fetchone() is not None
             await conn.execute(schema.encode())  # no parameters: one multi-statement script
+            if not had_email_hash:  # schema 8, once, in the transaction that added the column
+                await _hash_existing_emails(conn)
             cur = await conn.execute("SELECT max(version) FROM schema_version")
             row = await cur.fetchone()
             current = row[0] if row else None
@@ -768,6 +863,7 @@ class PostgresStore(Store):
                         "created_at": [r[3] for r in rows],
                         "data": [r[2].to_json() for r in rows],
                         "link_ref": [refunds.link_ref(r[2]) for r in rows],
+                        "email_hash": [email_hash(r[2].customer.email) for r in rows],
                         "d_source": [d[0][0] for d in deliveries],
                         "d_kind": [d[0][1] for d in deliveries],
                         "d_order_key": [d[0][2] for d in deliveries],
@@ -905,8 +1001,8 @@ class PostgresStore(Store):
                     conversion = remembered(conversion, memory, orjson.loads(bytes(known[0])))
             cur = await conn.execute(
                 "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-                " occurred_at, created_at, data, link_ref)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " occurred_at, created_at, data, link_ref, email_hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (source, kind, order_key) DO NOTHING RETURNING id",
                 (
                     conversion.source,
@@ -918,6 +1014,7 @@ class PostgresStore(Store):
                     now,
                     conversion.to_json(),
                     refunds.link_ref(conversion),
+                    email_hash(conversion.customer.email),
                 ),
             )
             inserted = await cur.fetchone()
@@ -1152,7 +1249,7 @@ class PostgresStore(Store):
             " d.last_status_code, d.last_error, c.source, c.kind, c.order_key,"
             " d.created_at, d.updated_at, c.erased_by,"
             " CASE WHEN d.status <> 'pending' THEN s.state END,"
-            " CASE WHEN d.status <> 'pending' THEN s.detail END"
+            " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
             " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
             " LEFT JOIN submissions s ON s.delivery_id = d.id {where}"
             " ORDER BY d.id DESC LIMIT %s"
@@ -1184,9 +1281,13 @@ class PostgresStore(Store):
         ids: Sequence[int] = (),
         with_body: bool = False,
         oldest_first: bool = False,
+        before: tuple[float, int] | None = None,
     ) -> list[StoredEvent]:
         where: list[sql.Composable] = []
         args: list[Any] = []
+        if before is not None:  # keyset: the rows listed after (received_at, id), newest first
+            where.append(sql.SQL("(received_at, id) < (%s, %s)"))
+            args.extend((before[0], before[1]))
         if statuses:
             where.append(sql.SQL("status = ANY(%s)"))
             args.append(list(statuses))
@@ -1410,6 +1511,168 @@ class PostgresStore(Store):
             "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
         }
 
+    # ------------------------------------------------------------ console reads
+
+    async def add_tallies(
+        self,
+        hour: int,
+        counts: Mapping[tuple[str, str, str], int],
+        errors: Mapping[str, DestinationError],
+        prune_before: int,
+    ) -> None:
+        keys = sorted(k for k, n in counts.items() if n)  # one lock order for every process
+        names = sorted(errors)
+        async with self._conn("saving tallies failed") as conn, conn.transaction():
+            if keys:
+                await conn.execute(
+                    "INSERT INTO tallies (hour, kind, name, outcome, n)"
+                    " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+                    " ON CONFLICT (hour, kind, name, outcome)"
+                    " DO UPDATE SET n = tallies.n + excluded.n",
+                    (
+                        hour,
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [k[2] for k in keys],
+                        [counts[k] for k in keys],
+                    ),
+                )
+            if names:
+                await conn.execute(
+                    "INSERT INTO destination_errors (destination, at, delivery_id, status_code,"
+                    " error) SELECT * FROM unnest(%s::text[], %s::float8[], %s::bigint[],"
+                    " %s::integer[], %s::text[])"
+                    " ON CONFLICT (destination) DO UPDATE SET at = excluded.at,"
+                    " delivery_id = excluded.delivery_id, status_code = excluded.status_code,"
+                    " error = excluded.error WHERE excluded.at >= destination_errors.at",
+                    (
+                        names,
+                        [errors[n].at for n in names],
+                        [errors[n].delivery_id for n in names],
+                        [errors[n].status_code for n in names],
+                        [errors[n].error for n in names],
+                    ),
+                )
+            await conn.execute("DELETE FROM tallies WHERE hour < %s", (prune_before,))
+
+    async def tallies(self, since_hour: int) -> dict[tuple[str, str, str], int]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT kind, name, outcome, sum(n) FROM tallies WHERE hour >= %s"
+                " GROUP BY kind, name, outcome",
+                (since_hour,),
+            )
+            rows = await cur.fetchall()
+        return {(kind, name, outcome): int(n) for kind, name, outcome, n in rows}
+
+    async def destination_errors(self) -> dict[str, DestinationError]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT destination, at, delivery_id, status_code, error FROM destination_errors"
+            )
+            rows = await cur.fetchall()
+        return {
+            name: DestinationError(at, error, code, delivery_id)
+            for name, at, delivery_id, code, error in rows
+        }
+
+    async def oldest_pending(self, destinations: Sequence[str]) -> dict[str, float]:
+        if not destinations:
+            return {}
+        async with self._conn("query failed") as conn:
+            # One step down deliveries_status_age (status, destination, created_at) each.
+            cur = await conn.execute(
+                "SELECT t.name, (SELECT min(created_at) FROM deliveries"
+                "   WHERE status = 'pending' AND destination = t.name)"
+                " FROM unnest(%s::text[]) AS t (name)",
+                (list(destinations),),
+            )
+            rows = await cur.fetchall()
+        return {name: float(created) for name, created in rows if created is not None}
+
+    async def delivery_page(
+        self,
+        statuses: Sequence[str],
+        destinations: Sequence[str],
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRow]:
+        if not statuses or not destinations or limit <= 0:
+            return []
+        query, values = delivery_page_sql(
+            statuses, destinations, source, since, until, before, limit
+        )
+        async with self._conn("query failed") as conn:
+            # Never a prepared statement: a cached generic plan would not see the values.
+            cur = await conn.execute(query, values, prepare=False)
+            rows = await cur.fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    async def conversion(self, conversion_id: int) -> StoredConversion | None:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT id, event_row, created_at, data, erased_by FROM conversions WHERE id = %s",
+                (conversion_id,),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _stored_conversion(row)
+
+    async def conversion_deliveries(self, conversion_id: int) -> list[DeliveryRow]:
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT {columns} FROM deliveries d JOIN conversions c"
+                    " ON c.id = d.conversion_id LEFT JOIN submissions s ON s.delivery_id = d.id"
+                    " WHERE d.conversion_id = %s ORDER BY d.destination"
+                ).format(columns=_DELIVERY_COLUMNS),
+                (conversion_id,),
+            )
+            rows = await cur.fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    async def find_conversions(
+        self,
+        sources: Sequence[str],
+        order_key: str | None = None,
+        email_hash: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredConversion]:
+        if (order_key is None) == (email_hash is None):
+            raise ValueError("give an order key or an email hash")
+        if order_key is not None:
+            # The unique (source, kind, order_key) index, one probe per source and kind.
+            where = sql.SQL("source = ANY(%s) AND kind = ANY(%s) AND order_key = %s")
+            args: list[Any] = [list(sources), list(KINDS), order_key]
+        else:
+            where, args = sql.SQL("email_hash = %s"), [email_hash]
+        if before is not None:
+            where = where + sql.SQL(" AND id < %s")
+            args.append(before)
+        query = sql.SQL(
+            "SELECT id, event_row, created_at, data, erased_by FROM conversions WHERE {where}"
+            " ORDER BY id DESC LIMIT %s"
+        ).format(where=where)
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(query, (*args, limit))
+            rows = await cur.fetchall()
+        return [_stored_conversion(row) for row in rows]
+
+    async def find_events(self, sources: Sequence[str], event_id: str) -> list[StoredEvent]:
+        if not sources:
+            return []
+        async with self._conn("query failed") as conn:
+            cur = await conn.execute(
+                "SELECT id, source, event_id, event_type, status, reason, received_at,"
+                " replayed_at FROM events WHERE source = ANY(%s) AND event_id = %s",
+                (list(sources), event_id),
+            )
+            rows = await cur.fetchall()
+        return [StoredEvent(*row) for row in rows]
+
     async def compact(self) -> bool:
         """Fold the per-connection counter rows into shard 0 (the shards of connections
         long closed would otherwise pile up). Rows a writer holds are skipped (SKIP
@@ -1624,7 +1887,7 @@ class PostgresStore(Store):
                     await conn.execute(
                         "UPDATE conversions c SET data = t.data,"
                         " erased_at = coalesce(c.erased_at, %s), erased_by = %s,"
-                        " customer_key = NULL"
+                        " customer_key = NULL, email_hash = NULL"
                         " FROM unnest(%s::bigint[], %s::bytea[]) AS t (id, data) WHERE c.id = t.id",
                         (now, FORGET, ids, datas),
                     )

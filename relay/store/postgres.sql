@@ -1,4 +1,4 @@
--- relay ledger, PostgreSQL flavour (schema version 7).
+-- relay ledger, PostgreSQL flavour (schema version 8).
 -- Run by PostgresStore.open() inside one transaction holding an advisory lock, so
 -- several processes starting at once neither race nor fail. Every statement is
 -- idempotent. Times are epoch seconds (double precision), as the Store interface speaks.
@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS conversions (
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
+-- version 8 (the console): the SHA-256 of the buyer's normalized email, so a search by
+-- email is a lookup (PostgresStore._migrate computes it for rows recorded before)
+ALTER TABLE conversions ADD COLUMN IF NOT EXISTS email_hash text;
+CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash, id)
+    WHERE email_hash IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS deliveries (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -91,6 +96,26 @@ CREATE TABLE IF NOT EXISTS reconcile_state (
     failures        integer          NOT NULL DEFAULT 0,
     lease_owner     text,
     lease_until     double precision
+);
+
+-- version 8 (the console): webhooks by source and outcome and delivery results by
+-- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
+-- destination's last failed attempt; written every few seconds by relay.tally.
+CREATE TABLE IF NOT EXISTS tallies (
+    hour    bigint NOT NULL,
+    kind    text   NOT NULL,
+    name    text   NOT NULL,
+    outcome text   NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (hour, kind, name, outcome)
+);
+
+CREATE TABLE IF NOT EXISTS destination_errors (
+    destination text PRIMARY KEY,
+    at          double precision NOT NULL,
+    delivery_id bigint,
+    status_code integer,
+    error       text NOT NULL
 );
 
 -- Sliding 60-second log shared by every process: 0 when a send slot is taken,

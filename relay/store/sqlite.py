@@ -35,7 +35,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from relay import refunds
-from relay.conversion import REFUND, REVENUE_KINDS, Conversion
+from relay.conversion import KINDS, REFUND, REVENUE_KINDS, Conversion
 from relay.errors import StoreError
 from relay.store import (
     DELIVERED,
@@ -61,6 +61,7 @@ from relay.store import (
     Attempt,
     Claim,
     DeliveryRow,
+    DestinationError,
     DisabledDestination,
     EventRecord,
     FollowUp,
@@ -72,19 +73,25 @@ from relay.store import (
     Retained,
     Settlement,
     Store,
+    StoredConversion,
     StoredEvent,
     SubmissionClaim,
     SubmissionResult,
     customer_key,
+    email_hash,
     erase_personal,
     memory_kind,
     mentions,
     reason_label,
     remembered,
+    stored_email_hash,
+    upper_bound,
 )
 
 log = logging.getLogger("relay.store")
-SCHEMA_VERSION = 7  # 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states; 7: submissions
+# 3: event status; 4: reconcile_state; 5: counts and erasure; 6: destination_states;
+# 7: submissions; 8: the console (conversions.email_hash, tallies, destination_errors)
+SCHEMA_VERSION = 8
 ERASURE_VERSION = 5  # the step adding maintained delivery counts and erasure (see _upgrade_erasure)
 SCHEMA_SUBMISSIONS = 7  # the version `_upgrade_submissions` brings (renumber here)
 WAL_TRUNCATE_WAIT = 0.5  # seconds one `compact` try waits for other processes' readers…
@@ -108,6 +115,33 @@ def _upgrade_event_status(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
     conn.execute("CREATE INDEX IF NOT EXISTS events_status ON events (status, received_at)")
     conn.execute("CREATE INDEX IF NOT EXISTS events_received ON events (received_at)")
+
+
+def _upgrade_console(conn: sqlite3.Connection) -> None:
+    """Schema 8 (the console): each conversion carries the SHA-256 of its buyer's
+    normalized email (`email_hash`, indexed), so a search by email is a lookup. Rows
+    recorded before get theirs computed here, once, in the transaction that adds the
+    column. (The tallies tables come from sqlite.sql.) Idempotent."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(conversions)")}
+    if "email_hash" not in columns:
+        conn.execute("ALTER TABLE conversions ADD COLUMN email_hash TEXT")
+        after = 0
+        while True:
+            rows = conn.execute(
+                "SELECT id, data FROM conversions WHERE id > ? ORDER BY id LIMIT 1000", (after,)
+            ).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            hashes = [(stored_email_hash(data), row_id) for row_id, data in rows]
+            conn.executemany(
+                "UPDATE conversions SET email_hash = ? WHERE id = ?",
+                [pair for pair in hashes if pair[0] is not None],
+            )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS conversions_email ON conversions (email_hash)"
+        " WHERE email_hash IS NOT NULL"
+    )
 
 
 def _upgrade_submissions(conn: sqlite3.Connection, from_version: int | None) -> None:
@@ -285,6 +319,7 @@ class SQLiteStore(Store):
             if row[0] is None or row[0] < ERASURE_VERSION:
                 _upgrade_erasure(conn)
             _upgrade_submissions(conn, row[0])
+            _upgrade_console(conn)
             if row[0] != SCHEMA_VERSION:
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -509,9 +544,18 @@ class SQLiteStore(Store):
         ids: Sequence[int] = (),
         with_body: bool = False,
         oldest_first: bool = False,
+        before: tuple[float, int] | None = None,
     ) -> list[StoredEvent]:
         return await self._call(
-            _events, tuple(statuses), source, since, limit, tuple(ids), with_body, oldest_first
+            _events,
+            tuple(statuses),
+            source,
+            since,
+            limit,
+            tuple(ids),
+            with_body,
+            oldest_first,
+            before,
         )
 
     async def replay(
@@ -638,6 +682,62 @@ class SQLiteStore(Store):
             await asyncio.sleep(0.2)
         log.warning("store: the WAL could not be truncated now (another process is reading)")
         return False
+
+    async def add_tallies(
+        self,
+        hour: int,
+        counts: Mapping[tuple[str, str, str], int],
+        errors: Mapping[str, DestinationError],
+        prune_before: int,
+    ) -> None:
+        await self._call(_add_tallies, hour, dict(counts), dict(errors), prune_before)
+
+    async def tallies(self, since_hour: int) -> dict[tuple[str, str, str], int]:
+        return await self._call(_tallies, since_hour)
+
+    async def destination_errors(self) -> dict[str, DestinationError]:
+        return await self._call(_destination_errors)
+
+    async def oldest_pending(self, destinations: Sequence[str]) -> dict[str, float]:
+        return await self._call(_oldest_pending, tuple(destinations))
+
+    async def delivery_page(
+        self,
+        statuses: Sequence[str],
+        destinations: Sequence[str],
+        source: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, int] | None = None,
+        limit: int = 50,
+    ) -> list[DeliveryRow]:
+        if not statuses or not destinations or limit <= 0:
+            return []
+        args = (tuple(statuses), tuple(destinations), source, since, until, before, limit)
+        return await self._call(_delivery_page, *args)
+
+    async def conversion(self, conversion_id: int) -> StoredConversion | None:
+        return await self._call(_conversion, conversion_id)
+
+    async def conversion_deliveries(self, conversion_id: int) -> list[DeliveryRow]:
+        return await self._call(_conversion_deliveries, conversion_id)
+
+    async def find_conversions(
+        self,
+        sources: Sequence[str],
+        order_key: str | None = None,
+        email_hash: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[StoredConversion]:
+        if (order_key is None) == (email_hash is None):
+            raise ValueError("give an order key or an email hash")
+        return await self._call(
+            _find_conversions, tuple(sources), order_key, email_hash, before, limit
+        )
+
+    async def find_events(self, sources: Sequence[str], event_id: str) -> list[StoredEvent]:
+        return await self._call(_find_events, tuple(sources), event_id)
 
     async def rate_block(self, key: str, per_minute: int, until: float) -> None:
         await self._call(_rate_block, key, per_minute, until)
@@ -860,7 +960,7 @@ def _record_conversions(
                 conversion = remembered(conversion, memory, orjson.loads(known[0]))
         cur = conn.execute(
             "INSERT INTO conversions (source, kind, order_key, event_row, customer_key,"
-            " occurred_at, created_at, data, link_ref) VALUES (?,?,?,?,?,?,?,?,?)"
+            " occurred_at, created_at, data, link_ref, email_hash) VALUES (?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (source, kind, order_key) DO NOTHING",
             (
                 conversion.source,
@@ -872,6 +972,7 @@ def _record_conversions(
                 now,
                 conversion.to_json(),
                 refunds.link_ref(conversion),
+                email_hash(conversion.customer.email),
             ),
         )
         if cur.rowcount == 0:
@@ -965,9 +1066,13 @@ def _events(
     ids: tuple[int, ...],
     with_body: bool,
     oldest_first: bool,
+    before: tuple[float, int] | None = None,
 ) -> list[StoredEvent]:
     where: list[str] = []
     args: list[Any] = []
+    if before is not None:  # keyset: the rows listed after (received_at, id), newest first
+        where.append("(received_at < ? OR (received_at = ? AND id < ?))")
+        args.extend((before[0], before[0], before[1]))
     if statuses:
         where.append(f"status IN ({','.join('?' * len(statuses))})")
         args.extend(statuses)
@@ -1241,16 +1346,26 @@ def _deliveries(
     sql = (
         "SELECT d.id, d.destination, d.status, d.attempts,"
         " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END,"
-        " d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at,"
-        " d.updated_at, c.erased_by,"
-        " CASE WHEN d.status <> 'pending' THEN s.state END,"
-        " CASE WHEN d.status <> 'pending' THEN s.detail END"
+        f" {_DELIVERY_TAIL}"
         " FROM deliveries d JOIN conversions c ON c.id = d.conversion_id"
         " LEFT JOIN submissions s ON s.delivery_id = d.id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY d.id DESC LIMIT ?"
     )
     return [DeliveryRow(*row) for row in conn.execute(sql, (*args, limit))]
+
+
+# The DeliveryRow columns after the first five (d.id … CASE next_attempt_at).
+_DELIVERY_TAIL = (
+    "d.last_status_code, d.last_error, c.source, c.kind, c.order_key, d.created_at,"
+    " d.updated_at, c.erased_by,"
+    " CASE WHEN d.status <> 'pending' THEN s.state END,"
+    " CASE WHEN d.status <> 'pending' THEN s.detail END, d.conversion_id"
+)
+_DELIVERY_COLUMNS = (
+    "d.id, d.destination, d.status, d.attempts,"
+    " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, " + _DELIVERY_TAIL
+)
 
 
 def _attempts(conn: sqlite3.Connection, delivery_id: int) -> list[Attempt]:
@@ -1313,6 +1428,179 @@ def _stats(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "by_status": by_status,
         "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
     }
+
+
+# ---------------------------------------------------------------- console reads
+
+
+def _add_tallies(
+    conn: sqlite3.Connection,
+    hour: int,
+    counts: dict[tuple[str, str, str], int],
+    errors: dict[str, DestinationError],
+    prune_before: int,
+) -> None:
+    conn.executemany(
+        "INSERT INTO tallies (hour, kind, name, outcome, n) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (hour, kind, name, outcome) DO UPDATE SET n = n + excluded.n",
+        [(hour, *key, n) for key, n in sorted(counts.items()) if n],
+    )
+    conn.executemany(
+        "INSERT INTO destination_errors (destination, at, delivery_id, status_code, error)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (destination) DO UPDATE SET at = excluded.at,"
+        " delivery_id = excluded.delivery_id, status_code = excluded.status_code,"
+        " error = excluded.error WHERE excluded.at >= destination_errors.at",
+        [(name, e.at, e.delivery_id, e.status_code, e.error) for name, e in sorted(errors.items())],
+    )
+    conn.execute("DELETE FROM tallies WHERE hour < ?", (prune_before,))
+
+
+def _tallies(conn: sqlite3.Connection, since_hour: int) -> dict[tuple[str, str, str], int]:
+    return {
+        (kind, name, outcome): n
+        for kind, name, outcome, n in conn.execute(
+            "SELECT kind, name, outcome, sum(n) FROM tallies WHERE hour >= ?"
+            " GROUP BY kind, name, outcome",
+            (since_hour,),
+        )
+    }
+
+
+def _destination_errors(conn: sqlite3.Connection) -> dict[str, DestinationError]:
+    return {
+        name: DestinationError(at, error, code, delivery_id)
+        for name, at, delivery_id, code, error in conn.execute(
+            "SELECT destination, at, delivery_id, status_code, error FROM destination_errors"
+        )
+    }
+
+
+def _oldest_pending(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> dict[str, float]:
+    found = {}
+    for name in destinations:  # one step down deliveries_status_age each
+        row = conn.execute(
+            "SELECT min(created_at) FROM deliveries WHERE status = 'pending' AND destination = ?",
+            (name,),
+        ).fetchone()
+        if row[0] is not None:
+            found[name] = row[0]
+    return found
+
+
+def _delivery_page(
+    conn: sqlite3.Connection,
+    statuses: tuple[str, ...],
+    destinations: tuple[str, ...],
+    source: str | None,
+    since: float | None,
+    until: float | None,
+    before: tuple[float, int] | None,
+    limit: int,
+) -> list[DeliveryRow]:
+    # A range of deliveries_status_age (status, destination, created_at, and the rowid
+    # SQLite keeps last in every index) per pair, walked backwards from its one upper bound.
+    before, until = upper_bound(before, until)
+    where = ["d.status = ?", "d.destination = ?"]
+    args: list[Any] = []
+    if before is not None:
+        where.append("(d.created_at, d.id) < (?, ?)")
+        args.extend(before)
+    if since is not None:
+        where.append("d.created_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("d.created_at < ?")
+        args.append(until)
+    if source:
+        where.append("c.source = ?")
+        args.append(source)
+    sql = (
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608 - no value interpolated
+        " JOIN conversions c ON c.id = d.conversion_id"
+        " LEFT JOIN submissions s ON s.delivery_id = d.id"
+        f" WHERE {' AND '.join(where)} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+    )
+    rows: list[DeliveryRow] = []
+    for status in statuses:
+        for destination in destinations:
+            rows.extend(
+                DeliveryRow(*row) for row in conn.execute(sql, (status, destination, *args, limit))
+            )
+    rows.sort(key=lambda row: (row.created_at, row.id), reverse=True)
+    return rows[:limit]
+
+
+_CONVERSION_COLUMNS = "id, event_row, created_at, data, erased_by"
+
+
+def _stored_conversion(row: tuple[Any, ...]) -> StoredConversion:
+    return StoredConversion(row[0], row[1], row[2], Conversion.from_json(row[3]), row[4])
+
+
+def _conversion(conn: sqlite3.Connection, conversion_id: int) -> StoredConversion | None:
+    row = conn.execute(
+        f"SELECT {_CONVERSION_COLUMNS} FROM conversions WHERE id = ?",  # noqa: S608
+        (conversion_id,),
+    ).fetchone()
+    return None if row is None else _stored_conversion(row)
+
+
+def _conversion_deliveries(conn: sqlite3.Connection, conversion_id: int) -> list[DeliveryRow]:
+    return [
+        DeliveryRow(*row)
+        for row in conn.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608
+            " JOIN conversions c ON c.id = d.conversion_id"
+            " LEFT JOIN submissions s ON s.delivery_id = d.id"
+            " WHERE d.conversion_id = ? ORDER BY d.destination",
+            (conversion_id,),
+        )
+    ]
+
+
+def _find_conversions(
+    conn: sqlite3.Connection,
+    sources: tuple[str, ...],
+    order_key: str | None,
+    hashed: str | None,
+    before: int | None,
+    limit: int,
+) -> list[StoredConversion]:
+    if order_key is not None:
+        # The unique (source, kind, order_key) index, one probe per source and kind.
+        where = (
+            f"source IN ({','.join('?' * len(sources))})"
+            f" AND kind IN ({','.join('?' * len(KINDS))}) AND order_key = ?"
+        )
+        args: list[Any] = [*sources, *KINDS, order_key]
+    else:
+        where, args = "email_hash = ?", [hashed]
+    if before is not None:
+        where += " AND id < ?"
+        args.append(before)
+    return [
+        _stored_conversion(row)
+        for row in conn.execute(
+            f"SELECT {_CONVERSION_COLUMNS} FROM conversions WHERE {where}"  # noqa: S608
+            " ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+    ]
+
+
+def _find_events(
+    conn: sqlite3.Connection, sources: tuple[str, ...], event_id: str
+) -> list[StoredEvent]:
+    if not sources:
+        return []
+    return [
+        StoredEvent(*row)
+        for row in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608
+            f" WHERE source IN ({','.join('?' * len(sources))}) AND event_id = ?",
+            (*sources, event_id),
+        )
+    ]
 
 
 # ---------------------------------------------------------------- retention and forget
@@ -1500,7 +1788,7 @@ def _forget_chunk(
             )
             conn.execute(
                 "UPDATE conversions SET data = ?, erased_at = coalesce(erased_at, ?),"
-                " erased_by = ?, customer_key = NULL WHERE id = ?",
+                " erased_by = ?, customer_key = NULL, email_hash = NULL WHERE id = ?",
                 (data, now, FORGET, cid),
             )
             changed.conversions += 1

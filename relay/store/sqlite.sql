@@ -1,4 +1,4 @@
--- relay ledger, SQLite flavour (schema version 7; columns and steps added after version 1
+-- relay ledger, SQLite flavour (schema version 8; columns and steps added after version 1
 -- are also applied to existing files by SQLiteStore._migrate: sqlite.py _upgrade_*)
 -- The tables of version 7 (impact.com submissions, attribution memory) are created by
 -- SQLiteStore._upgrade_submissions.
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS conversions (
     occurred_at REAL    NOT NULL,
     created_at  REAL    NOT NULL,
     data        BLOB    NOT NULL,
+    email_hash  TEXT,
     UNIQUE (source, kind, order_key)
 );
 CREATE INDEX IF NOT EXISTS conversions_customer ON conversions (source, customer_key);
@@ -94,4 +95,24 @@ CREATE TABLE IF NOT EXISTS destination_states (
     disabled_at REAL NOT NULL,
     reason      TEXT NOT NULL,
     fingerprint TEXT
+);
+
+-- version 8 (the console): webhooks by source and outcome and delivery results by
+-- destination and outcome, counted per hour (kind = 'webhook' | 'delivery'), and each
+-- destination's last failed attempt; written every few seconds by relay.tally.
+CREATE TABLE IF NOT EXISTS tallies (
+    hour    INTEGER NOT NULL,
+    kind    TEXT    NOT NULL,
+    name    TEXT    NOT NULL,
+    outcome TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (hour, kind, name, outcome)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS destination_errors (
+    destination TEXT PRIMARY KEY,
+    at          REAL NOT NULL,
+    delivery_id INTEGER,
+    status_code INTEGER,
+    error       TEXT NOT NULL
 );
