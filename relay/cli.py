@@ -780,7 +780,6 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     from relay.intake import Intake
     from relay.processors import PROCESSORS, open_processor
     from relay.sources import source_for
-    from relay.when import parse_time
 
     if not args.source:
         raise ConfigError("give a source (stripe, paddle, lemonsqueezy, chargebee) and --since")
@@ -791,11 +790,10 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     if not args.since:
         raise ConfigError("--since is required: e.g. --since 48h or --since 2026-11-30")
     now = time.time()
-    try:
-        since = parse_time(args.since, now)
-        until = parse_time(args.until, now) if args.until else now
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    since = _since(args.since, now)
+    until = _since(args.until, now, "--until")
+    assert since is not None
+    until = now if until is None else until
     if since >= until:
         raise ConfigError("--since must be before --until (and before now)")
     processor = open_processor(args.source, settings)
