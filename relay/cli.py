@@ -794,19 +794,25 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     until = _since(args.until, now, "--until")
     assert since is not None
     until = now if until is None else until
+    until = min(until, now)
     if since >= until:
         raise ConfigError("--since must be before --until (and before now)")
     processor = open_processor(args.source, settings)
     notes = []
     if processor.history_seconds is not None and since < now - processor.history_seconds:
         oldest = now - processor.history_seconds
+        if until <= oldest:
+            raise ConfigError(
+                f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days"
+                f" of events: nothing before {_stamp(oldest)} UTC can be read (--until is older)"
+            )
         notes.append(
             f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days "
             f"of events: reading from {_stamp(oldest)}, not {_stamp(since)}"
         )
         since = oldest
     notes.extend(processor.notes)
-    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=list(notes))
+    report = Report(args.source, since, until, dry_run=args.dry_run, notes=list(notes))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 

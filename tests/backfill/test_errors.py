@@ -59,6 +59,18 @@ def test_bad_arguments_are_clear(cli):
     assert "unknown source 'square'" in cli({}, "backfill", "square", "--since", "1h").stderr
     out = cli({}, "backfill", "stripe", "--since", "1h", "--until", "2h")
     assert out.returncode == 1 and "--since must be before --until" in out.stderr
+    future = cli({}, "backfill", "stripe", "--since", "2099-01-01", "--until", "2099-02-01")
+    assert future.returncode == 1 and "--since must be before --until" in future.stderr
+    assert "too far back" in cli({}, "backfill", "stripe", "--since", "99999999d").stderr
+
+
+def test_a_window_wholly_older_than_the_api_keeps_is_refused(cli, tmp_path, stripe_api):
+    """Stripe keeps 30 days: `--since 60d --until 40d` has nothing to read. It used to run
+    an inverted window (reading from 30 days ago *to* 40 days ago) and exit 0."""
+    out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "60d", "--until", "40d")
+    assert out.returncode == 1, out
+    assert "keeps 30 days of events" in one_line(out.stderr) and "--until" in out.stderr
+    assert stripe_api.requests == [] and count(tmp_path / "relay.db", "events") == 0
 
 
 def test_refused_keys_name_the_variable_and_record_nothing(cli, tmp_path, stripe_api, paddle_api,
