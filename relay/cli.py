@@ -692,6 +692,8 @@ def backfill_destination(settings: Settings, args: argparse.Namespace) -> None:
     if since is None:
         since = redeliver.default_since(args.destination, dest, now)
     until = _since(args.until, now, "--until")
+    if since >= (now if until is None else min(until, now)):
+        raise ConfigError("--since must be before --until (and before now)")
 
     async def run() -> redeliver.Plan:
         store = open_store(settings.store_url)
