@@ -16,7 +16,7 @@ import orjson
 
 from relay import __version__, logs
 from relay.errors import ConfigError, StoreError
-from relay.settings import Settings, load_settings, settings_warnings
+from relay.settings import SOURCE_FIELDS, Settings, load_settings, settings_warnings
 from relay.store import (
     DELIVERED,
     EVENT_STATUSES,
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("events", help="list stored webhooks (accepted, ignored, quarantined)")
     p.add_argument("--status", choices=EVENT_STATUSES)
-    p.add_argument("--source")
+    p.add_argument("--source", choices=SOURCE_FIELDS)
     p.add_argument("--since", help="received since: ISO 8601 date or time, or 48h / 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive, default=50, help="at most N events (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--id", type=int, help="one event, with its raw body")
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("ids", nargs="*", type=int, help="these stored events (`relay events`)")
     p.add_argument("--status", choices=(IGNORED, QUARANTINED))
-    p.add_argument("--source")
+    p.add_argument("--source", choices=SOURCE_FIELDS)
     p.add_argument("--since", help="received since (default 30d when no ids are given)")
     p.add_argument("--dry-run", action="store_true", help="change nothing, say what would happen")
 
@@ -184,6 +184,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535 (or 0: any free one), got {port}")
     return port
+
+
+def _positive(text: str) -> int:
+    """A count for --limit: 1 or more (0 listed nothing, a negative one everything)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"give 1 or more, got {count}")
+    return count
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -587,6 +598,9 @@ def events(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
 
     rows = asyncio.run(run())
+    if not rows and args.id is not None:
+        print(f"relay: no stored event with id {args.id} (see `relay events`)", file=sys.stderr)
+        sys.exit(1)
     if args.json:
         for row in rows:
             item = {k: getattr(row, k) for k in row.__dataclass_fields__ if k != "body"}
@@ -595,9 +609,6 @@ def events(settings: Settings, args: argparse.Namespace) -> None:
             print(orjson.dumps(item).decode())
         return
     if not rows:
-        if args.id is not None:
-            print(f"no stored event with id {args.id}", file=sys.stderr)
-            sys.exit(1)
         print("no events")
         return
     if args.id is not None:
