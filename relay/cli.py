@@ -856,8 +856,9 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(go())
     except ProcessorAPIError as exc:
         print(report.summary(), flush=True)
+        stop = "" if str(exc).endswith((".", "?", "!")) else "."
         print(
-            f"relay: backfill {args.source} stopped: {exc}. What was found before it is "
+            f"relay: backfill {args.source} stopped: {exc}{stop} What was found before it is "
             "recorded; run the same command again to resume.",
             file=sys.stderr,
         )

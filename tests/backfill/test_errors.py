@@ -143,7 +143,7 @@ def test_unreachable_api_says_which_host(cli, tmp_path, stripe_api):
     out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "1h",
               env={"RELAY_STRIPE__API_BASE": f"http://127.0.0.1:{port}"})
     assert out.returncode == 1
-    assert f"failed (ConnectError): is 127.0.0.1:{port} reachable?" in one_line(out.stderr)
+    assert f"failed (ConnectError): is 127.0.0.1:{port} reachable? What was found" in one_line(out.stderr)
 
 
 def test_malformed_page_mid_run_keeps_what_came_before_and_a_rerun_carries_on(cli, tmp_path,
