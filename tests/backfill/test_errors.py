@@ -166,6 +166,33 @@ def test_malformed_page_mid_run_keeps_what_came_before_and_a_rerun_carries_on(cl
     assert count(tmp_path / "relay.db", "conversions") == 5
 
 
+def test_pages_that_lead_back_to_an_earlier_page_stop_the_run(cli, tmp_path, stripe_api):
+    """Stripe's cursor is the last id of a page: an API answering page 1 again after page 2
+    sent backfill round in circles (only a cursor that did not move at all was caught)."""
+    import json
+
+    events = purchases(4, time.time() - 600)
+    for event in events:
+        stripe_api.add_event(event)
+    newest_first = events[::-1]
+
+    def page(chunk):
+        return json.dumps({"object": "list", "url": "/v1/events", "has_more": True,
+                           "data": chunk}).encode()
+
+    for _ in range(20):  # the API keeps cycling: after e2 comes [e1, e0], after e0 [e3, e2]
+        stripe_api.malformed_when(lambda path, q: q.get("starting_after") == newest_first[1]["id"],
+                                  raw=page(newest_first[2:]))
+        stripe_api.malformed_when(lambda path, q: q.get("starting_after") == newest_first[3]["id"],
+                                  raw=page(newest_first[:2]))
+    stripe_api.page_cap = 2
+    out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "1h")
+    assert out.returncode == 1, out
+    assert "answered a malformed page: `has_more` leads back to an earlier page" in one_line(out.stderr)
+    assert len(stripe_api.queries_of("/v1/events")) == 3
+    assert count(tmp_path / "relay.db", "conversions") == 4  # each once, as found
+
+
 def test_a_page_of_the_wrong_shape_is_an_error_not_a_crash(cli, tmp_path, ls_api, cb_api):
     ls_api.malformed_next(1)  # {"data": "this is not a list"}
     out = cli({"lemonsqueezy": ls_api}, "backfill", "lemonsqueezy", "--since", "1h")
