@@ -16,7 +16,7 @@ import orjson
 
 from relay import __version__, logs
 from relay.errors import ConfigError, StoreError
-from relay.settings import Settings, load_settings, settings_warnings
+from relay.settings import SOURCE_FIELDS, Settings, load_settings, settings_warnings
 from relay.store import (
     DELIVERED,
     EVENT_STATUSES,
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("events", help="list stored webhooks (accepted, ignored, quarantined)")
     p.add_argument("--status", choices=EVENT_STATUSES)
-    p.add_argument("--source")
+    p.add_argument("--source", choices=SOURCE_FIELDS)
     p.add_argument("--since", help="received since: ISO 8601 date or time, or 48h / 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive, default=50, help="at most N events (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--id", type=int, help="one event, with its raw body")
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("ids", nargs="*", type=int, help="these stored events (`relay events`)")
     p.add_argument("--status", choices=(IGNORED, QUARANTINED))
-    p.add_argument("--source")
+    p.add_argument("--source", choices=SOURCE_FIELDS)
     p.add_argument("--since", help="received since (default 30d when no ids are given)")
     p.add_argument("--dry-run", action="store_true", help="change nothing, say what would happen")
 
@@ -184,6 +184,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535 (or 0: any free one), got {port}")
     return port
+
+
+def _positive(text: str) -> int:
+    """A count for --limit: 1 or more (0 listed nothing, a negative one everything)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"give 1 or more, got {count}")
+    return count
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -592,6 +603,9 @@ def events(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
 
     rows = asyncio.run(run())
+    if not rows and args.id is not None:
+        print(f"relay: no stored event with id {args.id} (see `relay events`)", file=sys.stderr)
+        sys.exit(1)
     if args.json:
         for row in rows:
             item = {k: getattr(row, k) for k in row.__dataclass_fields__ if k != "body"}
@@ -600,9 +614,6 @@ def events(settings: Settings, args: argparse.Namespace) -> None:
             print(orjson.dumps(item).decode())
         return
     if not rows:
-        if args.id is not None:
-            print(f"no stored event with id {args.id}", file=sys.stderr)
-            sys.exit(1)
         print("no events")
         return
     if args.id is not None:
@@ -697,6 +708,8 @@ def backfill_destination(settings: Settings, args: argparse.Namespace) -> None:
     if since is None:
         since = redeliver.default_since(args.destination, dest, now)
     until = _since(args.until, now, "--until")
+    if since >= (now if until is None else min(until, now)):
+        raise ConfigError("--since must be before --until (and before now)")
 
     async def run() -> redeliver.Plan:
         store = open_store(settings.store_url)
@@ -785,7 +798,6 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     from relay.intake import Intake
     from relay.processors import PROCESSORS, open_processor
     from relay.sources import source_for
-    from relay.when import parse_time
 
     if not args.source:
         raise ConfigError("give a source (stripe, paddle, lemonsqueezy, chargebee) and --since")
@@ -796,24 +808,29 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
     if not args.since:
         raise ConfigError("--since is required: e.g. --since 48h or --since 2026-11-30")
     now = time.time()
-    try:
-        since = parse_time(args.since, now)
-        until = parse_time(args.until, now) if args.until else now
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    since = _since(args.since, now)
+    until = _since(args.until, now, "--until")
+    assert since is not None
+    until = now if until is None else until
+    until = min(until, now)
     if since >= until:
         raise ConfigError("--since must be before --until (and before now)")
     processor = open_processor(args.source, settings)
     notes = []
     if processor.history_seconds is not None and since < now - processor.history_seconds:
         oldest = now - processor.history_seconds
+        if until <= oldest:
+            raise ConfigError(
+                f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days"
+                f" of events: nothing before {_stamp(oldest)} UTC can be read (--until is older)"
+            )
         notes.append(
             f"{processor.processor}'s API keeps {processor.history_seconds / 86400:.0f} days "
             f"of events: reading from {_stamp(oldest)}, not {_stamp(since)}"
         )
         since = oldest
     notes.extend(processor.notes)
-    report = Report(args.source, since, min(until, now), dry_run=args.dry_run, notes=list(notes))
+    report = Report(args.source, since, until, dry_run=args.dry_run, notes=list(notes))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -844,8 +861,9 @@ def backfill_source(settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(go())
     except ProcessorAPIError as exc:
         print(report.summary(), flush=True)
+        stop = "" if str(exc).endswith((".", "?", "!")) else "."
         print(
-            f"relay: backfill {args.source} stopped: {exc}. What was found before it is "
+            f"relay: backfill {args.source} stopped: {exc}{stop} What was found before it is "
             "recorded; run the same command again to resume.",
             file=sys.stderr,
         )

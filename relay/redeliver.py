@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from relay.conversion import Conversion
 from relay.destinations import Destination
 from relay.errors import ConfigError
-from relay.store import DELIVERED, PENDING, DeliveryRow, Store
+from relay.store import DELIVERED, FORGET, PENDING, DeliveryRow, Store
 
 PAGE = 500  # conversions read from the ledger at a time
 SAMPLE = 5
@@ -139,6 +139,13 @@ async def check_resend(
                 else f"`relay retry {delivery_id}` sends it again"
             )
             refused.append(f"delivery {delivery_id} is {row.status}, not delivered: {hint}")
+            continue
+        if row.erased is not None:  # the worker would fail it: "not sent: … erased"
+            by = "relay forget" if row.erased == FORGET else "retention (RELAY_RETENTION_DAYS)"
+            refused.append(
+                f"delivery {delivery_id}: the buyer's personal data was erased by {by},"
+                " so it cannot be sent again"
+            )
             continue
         dest = destinations.get(row.destination)
         if dest is None:

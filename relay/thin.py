@@ -128,8 +128,11 @@ class ThinEvents:
 
     async def resolve(self, api: StripeAPI, event: StoredEvent) -> int:
         """Fetch the event's object and record what its snapshot gives: 1 when settled
-        (accepted, ignored or quarantined), 0 when it is to be tried again."""
+        (accepted, ignored or quarantined), 0 when it is to be tried again or another
+        worker settled it meanwhile (PostgreSQL: several workers read the same batch)."""
         now = time.time()
+        if not await self._still_fetching(event):  # no second fetch, no second verdict
+            return 0
         try:
             thin = orjson.loads(event.body or b"")
             fetch = parse_thin(thin).fetch
@@ -175,6 +178,16 @@ class ThinEvents:
             event, reading.status, reading.reason, reading.conversions, now, what
         )
 
+    async def _still_fetching(self, event: StoredEvent) -> bool:
+        """Whether the event still waits for its fetch. Another worker may have settled it
+        since this one read its batch: its verdict stands (an accepted event is never
+        turned quarantined by a later fetch that failed), and nothing is fetched twice."""
+        rows = await self.store.events(ids=[event.id], limit=1)
+        if rows and rows[0].status == FETCHING:
+            return True
+        self._not_before.pop(event.id, None)
+        return False
+
     async def _settle(
         self,
         event: StoredEvent,
@@ -184,6 +197,8 @@ class ThinEvents:
         now: float,
         what: str = "",
     ) -> int:
+        if not await self._still_fetching(event):  # settled elsewhere while we fetched
+            return 0
         recorded = await self.store.replay(
             event.id, status, reason, event.event_id, conversions, self.intake.plan, now
         )

@@ -18,7 +18,7 @@ def parse_time(text: str, now: float) -> float:
     (`90m`, `48h`, `7d`, `2w`). Raises ValueError with a message fit to print."""
     match = _RELATIVE.match(text)
     if match:
-        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        return _printable(text, now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -28,4 +28,14 @@ def parse_time(text: str, now: float) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return _printable(text, moment.timestamp())
+
+
+def _printable(text: str, seconds: float) -> float:
+    """`seconds`, unless no date can show it (a span of millions of days): commands print
+    the times they use, so such a time is refused here rather than crash there."""
+    try:
+        datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{text[:40]!r} is too far back: give a time after the year 1") from None
+    return seconds

@@ -113,3 +113,21 @@ def test_an_unusable_sqlite_path_is_one_line_saying_why(tmp_path, make_url):
         assert line.startswith("relay: cannot open SQLite database")
         reason = next((v for k, v in expected.items() if k in url), "is a directory; name a file")
         assert reason in line
+
+
+def test_events_refuses_what_it_cannot_list(tmp_path):
+    """`relay events --limit 0` said "no events" and `--limit -1` listed everything; an id
+    not stored was exit 1 in text but a silent 0 with --json; a misspelt source listed
+    nothing, as if it had no events."""
+    env = {"RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    for args, words in ((["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"),
+                        (["--source", "strip"], "invalid choice: 'strip'")):
+        done = run("events", *args, env=env, cwd=tmp_path)
+        assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
+    for args in (("--id", "9999"), ("--id", "9999", "--json")):
+        done = run("events", *args, env=env, cwd=tmp_path)
+        assert done.returncode == 1 and done.stdout == "", (args, done)
+        assert "no stored event with id 9999" in done.stderr
+    assert "invalid choice" in run("replay", "--source", "strip", env=env, cwd=tmp_path).stderr
+    listed = run("events", "--limit", "5", env=env, cwd=tmp_path)
+    assert listed.returncode == 0 and listed.stdout.strip() == "no events"

@@ -215,7 +215,9 @@ def test_backfill_to_a_destination_added_after_the_fact(tmp_path, relay_factory,
     for args, words in ((["backfill", "stripe", "--since", "2h"], "RELAY_STRIPE__API_KEY is not set"),
                         (["backfill", "stripe", "--destination", "simmer"], "not both"),
                         (["backfill", "--destination", "meta"], "not configured"),
-                        (["backfill", "--destination", "simmer", "--since", "yesterday"], "--since")):
+                        (["backfill", "--destination", "simmer", "--since", "yesterday"], "--since"),
+                        (["backfill", "--destination", "simmer", "--since", "1h", "--until", "2h"],
+                         "--since must be before --until")):
         result = relay.cli(*args, check=False)
         assert result.returncode != 0 and words in result.stderr, (args, result.stderr)
     time.sleep(0.5)

@@ -27,3 +27,16 @@ def test_times_users_type(text: str, expected: float) -> None:
 def test_nonsense_is_a_clear_error(text: str) -> None:
     with pytest.raises(ValueError, match="not a time"):
         parse_time(text, NOW)
+
+
+@pytest.mark.parametrize("text", ["99999999d", "9" * 400 + "d", "9999999w"])
+def test_a_span_beyond_the_calendar_is_a_clear_error(text: str) -> None:
+    """`relay backfill lemonsqueezy --since 99999999d` printed a traceback (year out of
+    range) when the time was shown; it is refused with the words to fix it instead."""
+    with pytest.raises(ValueError, match="too far back"):
+        parse_time(text, NOW)
+
+
+def test_the_oldest_times_still_print() -> None:
+    for text in ("0001-01-02", "700000d"):
+        datetime.fromtimestamp(parse_time(text, NOW), UTC)  # no OverflowError or ValueError

@@ -76,6 +76,7 @@ class StripeAPI(Processor):
         ]
         params += [("types[]", t) for t in list(types)[:MAX_TYPES]]
         after: str | None = None
+        cursors: set[str] = set()  # every page's cursor so far: none may come round again
         while True:
             page = await self.get(
                 "/v1/events", params + ([("starting_after", after)] if after else [])
@@ -98,6 +99,9 @@ class StripeAPI(Processor):
             if not data or data[-1]["id"] == after:
                 raise self.malformed("/v1/events", "`has_more` without a next page")
             after = data[-1]["id"]
+            if after in cursors:
+                raise self.malformed("/v1/events", "`has_more` leads back to an earlier page")
+            cursors.add(after)
 
     async def history(self, since: float, until: float) -> AsyncIterator[Found]:
         async for event in self.events(since, until):

@@ -417,7 +417,9 @@ class Store(abc.ABC):
         limit: int = 500,
     ) -> list[tuple[int, Conversion]]:
         """(conversion row id, conversion) for conversions recorded in [since, until) that
-        have no delivery to `destination`, by row id ascending, ids > `after` (paging)."""
+        have no delivery to `destination`, by row id ascending, ids > `after` (paging).
+        Conversions whose personal data is erased (retention, `forget`) are left out: they
+        cannot be sent."""
 
     @abc.abstractmethod
     async def add_deliveries(

@@ -1388,6 +1388,7 @@ class PostgresStore(Store):
                 "SELECT c.id, c.data FROM conversions c"
                 " WHERE c.id > %s AND c.created_at >= %s"
                 " AND (%s::double precision IS NULL OR c.created_at < %s)"
+                " AND c.erased_at IS NULL"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d"
                 "                 WHERE d.conversion_id = c.id AND d.destination = %s)"
                 " ORDER BY c.id LIMIT %s",

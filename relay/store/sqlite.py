@@ -1156,6 +1156,7 @@ def _without_delivery(
     rows = conn.execute(
         "SELECT c.id, c.data FROM conversions c"
         " WHERE c.id > ? AND c.created_at >= ? AND (? IS NULL OR c.created_at < ?)"
+        " AND c.erased_at IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM deliveries d"
         "                 WHERE d.conversion_id = c.id AND d.destination = ?)"
         " ORDER BY c.id LIMIT ?",

@@ -59,6 +59,18 @@ def test_bad_arguments_are_clear(cli):
     assert "unknown source 'square'" in cli({}, "backfill", "square", "--since", "1h").stderr
     out = cli({}, "backfill", "stripe", "--since", "1h", "--until", "2h")
     assert out.returncode == 1 and "--since must be before --until" in out.stderr
+    future = cli({}, "backfill", "stripe", "--since", "2099-01-01", "--until", "2099-02-01")
+    assert future.returncode == 1 and "--since must be before --until" in future.stderr
+    assert "too far back" in cli({}, "backfill", "stripe", "--since", "99999999d").stderr
+
+
+def test_a_window_wholly_older_than_the_api_keeps_is_refused(cli, tmp_path, stripe_api):
+    """Stripe keeps 30 days: `--since 60d --until 40d` has nothing to read. It used to run
+    an inverted window (reading from 30 days ago *to* 40 days ago) and exit 0."""
+    out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "60d", "--until", "40d")
+    assert out.returncode == 1, out
+    assert "keeps 30 days of events" in one_line(out.stderr) and "--until" in out.stderr
+    assert stripe_api.requests == [] and count(tmp_path / "relay.db", "events") == 0
 
 
 def test_refused_keys_name_the_variable_and_record_nothing(cli, tmp_path, stripe_api, paddle_api,
@@ -131,7 +143,7 @@ def test_unreachable_api_says_which_host(cli, tmp_path, stripe_api):
     out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "1h",
               env={"RELAY_STRIPE__API_BASE": f"http://127.0.0.1:{port}"})
     assert out.returncode == 1
-    assert f"failed (ConnectError): is 127.0.0.1:{port} reachable?" in one_line(out.stderr)
+    assert f"failed (ConnectError): is 127.0.0.1:{port} reachable? What was found" in one_line(out.stderr)
 
 
 def test_malformed_page_mid_run_keeps_what_came_before_and_a_rerun_carries_on(cli, tmp_path,
@@ -152,6 +164,33 @@ def test_malformed_page_mid_run_keeps_what_came_before_and_a_rerun_carries_on(cl
     assert "5 events found; 3 new conversions recorded (6 deliveries planned), 2 already recorded" \
         in again.stdout
     assert count(tmp_path / "relay.db", "conversions") == 5
+
+
+def test_pages_that_lead_back_to_an_earlier_page_stop_the_run(cli, tmp_path, stripe_api):
+    """Stripe's cursor is the last id of a page: an API answering page 1 again after page 2
+    sent backfill round in circles (only a cursor that did not move at all was caught)."""
+    import json
+
+    events = purchases(4, time.time() - 600)
+    for event in events:
+        stripe_api.add_event(event)
+    newest_first = events[::-1]
+
+    def page(chunk):
+        return json.dumps({"object": "list", "url": "/v1/events", "has_more": True,
+                           "data": chunk}).encode()
+
+    for _ in range(20):  # the API keeps cycling: after e2 comes [e1, e0], after e0 [e3, e2]
+        stripe_api.malformed_when(lambda path, q: q.get("starting_after") == newest_first[1]["id"],
+                                  raw=page(newest_first[2:]))
+        stripe_api.malformed_when(lambda path, q: q.get("starting_after") == newest_first[3]["id"],
+                                  raw=page(newest_first[:2]))
+    stripe_api.page_cap = 2
+    out = cli({"stripe": stripe_api}, "backfill", "stripe", "--since", "1h")
+    assert out.returncode == 1, out
+    assert "answered a malformed page: `has_more` leads back to an earlier page" in one_line(out.stderr)
+    assert len(stripe_api.queries_of("/v1/events")) == 3
+    assert count(tmp_path / "relay.db", "conversions") == 4  # each once, as found
 
 
 def test_a_page_of_the_wrong_shape_is_an_error_not_a_crash(cli, tmp_path, ls_api, cb_api):

@@ -155,6 +155,32 @@ async def test_backfill_to_a_destination_adds_only_missing_deliveries(store: Sto
     assert sorted(c.conversion.order_key for c in claims) == ["o1", "o2", "o3"]
 
 
+async def test_erased_conversions_are_neither_planned_nor_resent(store: Store) -> None:
+    """A conversion whose buyer was forgotten (or removed by retention) cannot be sent: the
+    worker fails its delivery ("not sent: … erased"). So `relay backfill --destination`
+    does not plan one for it, and `relay resend` refuses to turn its delivered delivery
+    into that failure."""
+    from relay.destinations import Destination
+    from relay.redeliver import check_resend
+
+    now = time.time()
+    await store.record(stored("e1", at=now), [conversion("o1", email="gone@example.com")],
+                       only("simmer"))
+    await store.record(stored("e2", at=now), [conversion("o2", email="kept@example.com")],
+                       only("simmer"))
+    for claim in await store.claim(["simmer"], 10, 30, now):
+        await store.settle(claim, Settlement(DELIVERED, status_code=200), now + 1)
+    await store.forget(email="gone@example.com", now=now + 2)
+
+    assert [c.order_key for _, c in await store.without_delivery("impact", since=0)] == ["o2"]
+    rows = {d.order_key: d for d in await store.deliveries(destination="simmer")}
+    ok, refused = await check_resend(store, [rows["o1"].id, rows["o2"].id],
+                                     {"simmer": Destination(None)}, force=False)  # type: ignore[arg-type]
+    assert [r.id for r in ok] == [rows["o2"].id]
+    assert refused == [f"delivery {rows['o1'].id}: the buyer's personal data was erased by relay"
+                       " forget, so it cannot be sent again"]
+
+
 async def test_resend_requeues_a_delivered_delivery_and_keeps_its_history(store: Store) -> None:
     now = time.time()
     await store.record(stored("e1", at=now), [conversion("o1")], everywhere)
